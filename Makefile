@@ -1,0 +1,49 @@
+# blackhole-lab: `make reproduce` runs the article's experiment, `make test` runs the tests.
+# Both start with `setup`, which is idempotent: it installs only what is missing.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+LAB := $(VENV)/bin/lab
+APT_PACKAGES := mariadb-server mariadb-client nftables tcpdump iproute2 conntrack procps sysbench
+SCENARIO ?= scenarios/seed-lvs-mysql.toml
+PYTEST_ARGS ?=
+
+.PHONY: setup apt venv reproduce test test-all lint bench clean
+
+setup: apt venv
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "setup: installing Debian packages:" $$missing; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+	    || { echo "setup: apt-get install failed (are you root? is the Debian mirror reachable?)"; exit 1; }; \
+	fi
+
+$(VENV)/.stamp-install: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip >/dev/null
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.stamp-install
+
+reproduce: setup
+	$(LAB) run $(SCENARIO)
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(VENV)/bin/pytest -m '' $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check lab tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_trial_setup.py
+
+clean: venv
+	$(LAB) clean

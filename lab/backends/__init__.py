@@ -1,0 +1,1 @@
+"""Backends: real server processes (MariaDB, NGINX) inside backend namespaces."""

@@ -1,0 +1,200 @@
+"""The `nft` engine: LVS-NAT emulated with nftables NAT and conntrack marks, for kernels
+without IP_VS (measured recipe: shared/docs/recipe-host-nftables.md §2).
+
+How IPVS maps onto netfilter here:
+- scheduling: the nat/prerouting chain sees only the first packet of a connection; it picks a
+  real server by weighted round robin (`numgen inc mod W`), stores its id in the conntrack mark
+  and DNATs to it. The mark ties every later packet of the connection to its real server,
+  like `cp->dest` in IPVS.
+- a removed real server: a filter/forward rule matches its mark in the original
+  (client->server) direction and drops (expire_nodest_conn=0: IPVS NF_DROPs in ip_vs_in) or
+  answers with a TCP reset (expire_nodest_conn=1). The reply direction is left alone, as in
+  IPVS, which still forwards server->client in ip_vs_out.
+- re-adding a removed server removes the rule: its old connections resume, as in IPVS.
+Every change rewrites the service's chains in one `nft -f` transaction, so a switchover is
+atomic. We shell out to nft because pyroute2's nftables module has no netns argument and no
+NAT expression helpers (tcp-facts §6.6); nft is the tool a user would type anyway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import threading
+from dataclasses import dataclass
+
+from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
+from lab.topology import Host
+
+TABLE = "bhl_lvs"
+
+
+@dataclass
+class _Entry:
+    rs: RealServer
+    mark: int
+    weight: int
+    state: str  # "active" | "removed" | "draining" | "reset"
+
+
+class NftLoadBalancer(LoadBalancer):
+    engine = "nft"
+
+    def __init__(
+        self, host: Host, vip: ipaddress.IPv4Address, port: int, options: LbOptions
+    ) -> None:
+        super().__init__(host, vip, port, options)
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self._timers: list[threading.Timer] = []
+
+    # --- ruleset -------------------------------------------------------------------------
+    def _scheduling_rules(self) -> list[str]:
+        active = [e for e in self._entries.values() if e.state == "active" and e.weight > 0]
+        if not active:
+            return []  # nothing to schedule to: the VIP itself answers with RST, as with IPVS
+        slots, start = [], 0
+        for e in active:
+            end = start + e.weight - 1
+            key = f"{start}" if end == start else f"{start}-{end}"
+            slots.append(f"{key} : {e.mark:#x}")
+            start = end + 1
+        rules = [f"ct mark set numgen inc mod {start} map {{ {', '.join(slots)} }}"]
+        for e in active:
+            rules.append(
+                f"ct mark {e.mark:#x} meta l4proto tcp dnat to {e.rs.address}:{e.rs.port}"
+            )
+        return rules
+
+    def _forward_rules(self) -> list[str]:
+        rules = []
+        for e in self._entries.values():
+            match = f"ct mark {e.mark:#x} ct direction original"
+            if e.state == "reset" or (e.state == "removed" and self.options.expire_nodest_conn):
+                rules.append(f"{match} meta l4proto tcp counter reject with tcp reset")
+            elif e.state == "removed":
+                rules.append(f"{match} counter drop")
+        return rules
+
+    def _apply(self) -> None:
+        lines = [f"flush chain ip {TABLE} svc"]
+        lines += [f"add rule ip {TABLE} svc {r}" for r in self._scheduling_rules()]
+        lines.append(f"flush chain ip {TABLE} nodest")
+        lines += [f"add rule ip {TABLE} nodest {r}" for r in self._forward_rules()]
+        self.host.run(["nft", "-f", "-"], input="\n".join(lines) + "\n")
+
+    # --- interface -------------------------------------------------------------------------
+    def setup(self) -> None:
+        ruleset = f"""
+table ip {TABLE} {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr {self.vip} tcp dport {self.port} jump svc
+    }}
+    chain svc {{
+    }}
+    chain filter_forward {{
+        type filter hook forward priority filter; policy accept;
+        jump nodest
+    }}
+    chain nodest {{
+    }}
+}}
+"""
+        self.host.run(["nft", "-f", "-"], input=ruleset)
+
+    def _entry(self, rs: RealServer) -> _Entry:
+        try:
+            return self._entries[rs.name]
+        except KeyError:
+            raise ValueError(f"{rs} is not a real server of {self.describe()}") from None
+
+    def add_real_server(self, rs: RealServer, weight: int = 1) -> None:
+        with self._lock:
+            self._add(rs, weight)
+            self._apply()
+
+    def _add(self, rs: RealServer, weight: int) -> None:
+        entry = self._entries.get(rs.name)
+        if entry is None:
+            self._entries[rs.name] = _Entry(rs, len(self._entries) + 1, weight, "active")
+        else:  # re-added: its surviving connections resume (IPVS reuses the trashed dest)
+            entry.weight, entry.state = weight, "active"
+
+    def remove_real_server(self, rs: RealServer) -> None:
+        with self._lock:
+            self._remove(rs)
+            self._apply()
+
+    def _remove(self, rs: RealServer) -> None:
+        entry = self._entry(rs)
+        if self.options.drain_timeout_s is None:
+            entry.state = "removed"
+            return
+        # drain: existing connections keep flowing, no new ones; reset them at the timeout
+        entry.state = "draining"
+        timer = threading.Timer(self.options.drain_timeout_s, self.reset_connections, [rs])
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def set_weight(self, rs: RealServer, weight: int) -> None:
+        with self._lock:
+            self._entry(rs).weight = weight
+            self._apply()
+
+    def switchover(self, old: RealServer, new: RealServer) -> None:
+        with self._lock:
+            self._remove(old)
+            self._add(new, self._entries[new.name].weight if new.name in self._entries else 1)
+            self._apply()
+
+    def reset_connections(self, rs: RealServer) -> None:
+        with self._lock:
+            entry = self._entry(rs)
+            if entry.state in ("draining", "removed"):
+                entry.state = "reset"
+                self._apply()
+
+    def connections(self) -> list[Connection]:
+        # conntrack-tools prints the table with its marks; no library in our stack reads the
+        # conntrack table from inside another namespace as simply.
+        out = self.host.run(["conntrack", "-L", "-p", "tcp"], check=False).stdout
+        by_mark = {e.mark: e.rs.name for e in self._entries.values()}
+        conns = []
+        for line in out.splitlines():
+            conn = parse_conntrack_line(line, by_mark)
+            if conn and conn.virtual == f"{self.vip}:{self.port}":
+                conns.append(conn)
+        return conns
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self.host.run(["nft", "delete", "table", "ip", TABLE], check=False)
+
+
+_CT_RE = re.compile(
+    r"^(?P<proto>\w+)\s+\d+\s+(?P<expire>\d+)\s+(?:(?P<state>[A-Z_]+)\s+)?"
+    r"src=(?P<src>\S+) dst=(?P<dst>\S+) sport=(?P<sport>\d+) dport=(?P<dport>\d+)"
+    r".*?src=(?P<rsrc>\S+) dst=\S+ sport=(?P<rsport>\d+)"
+)
+_MARK_RE = re.compile(r"\bmark=(\d+)")
+
+
+def parse_conntrack_line(line: str, marks: dict[int, str]) -> Connection | None:
+    """One `conntrack -L` line -> Connection (the reply source is the real server)."""
+    m = _CT_RE.match(line.strip())
+    if not m:
+        return None
+    mark_m = _MARK_RE.search(line)
+    mark = int(mark_m.group(1)) if mark_m else 0
+    return Connection(
+        protocol=m["proto"].upper(),
+        expire_s=float(m["expire"]),
+        state=m["state"] or "",
+        source=f"{m['src']}:{m['sport']}",
+        virtual=f"{m['dst']}:{m['dport']}",
+        destination=f"{m['rsrc']}:{m['rsport']}",
+        real_server=marks.get(mark),
+    )

@@ -1,0 +1,1 @@
+"""Load drivers: real clients in the client namespace that record per-second samples."""

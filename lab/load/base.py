@@ -1,0 +1,147 @@
+"""The contract between a load driver process and the trial that runs it.
+
+A driver is a real client: a separate process started *inside the client namespace*
+(`python -m lab.load.<name> CONFIG_JSON`), so its sockets, sysctls and kernel timers are
+the client's. It talks to the trial over pipes, one JSON object per line:
+
+stdout (driver -> trial)
+  {"kind": "ready", "t": T}                        every thread connected, one txn succeeded
+  {"kind": "sample", "t": T, "tps": .., "qps": .., "reads": .., "writes": .., "other": ..,
+   "lat_p95_ms": .., "errors": .., "reconnects": .., "threads": N}
+                                                    one per second; counts are per second,
+                                                    t is the end of the interval
+  {"kind": "event", "t": T, "event": E, "thread": i, "detail": ".."}
+      E = "error"      a failed query/commit (detail: "2013 Lost connection ... [Errno 110]")
+          "reconnect"  a new connection after an error succeeded
+          "recovered"  the first transaction *started* after the fault mark that succeeded
+stdin (trial -> driver)
+  "fault T"   the fault was injected at T (recovered events refer to it)
+  "stop"      finish the current second, print the last sample, exit 0
+
+T is time.monotonic() (CLOCK_MONOTONIC is one clock for all processes on the machine), so the
+trial can put driver events and its own fault times on one axis.
+stderr carries a human report line per second in sysbench's format (see `sysbench_line`).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.topology import Host
+
+SAMPLE_FIELDS = ("tps", "qps", "reads", "writes", "other", "lat_p95_ms", "errors", "reconnects")
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Driver side: write one protocol record to stdout."""
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def sysbench_line(t_rel: float, sample: dict[str, Any]) -> str:
+    """Format a sample like sysbench's --report-interval line (so users can diff them)."""
+    return (
+        f"[ {round(t_rel)}s ] thds: {sample.get('threads', 1)} tps: {sample['tps']:.2f} "
+        f"qps: {sample['qps']:.2f} (r/w/o: {sample['reads']:.2f}/{sample['writes']:.2f}/"
+        f"{sample['other']:.2f}) lat (ms,95%): {sample['lat_p95_ms']:.2f} "
+        f"err/s: {sample['errors']:.2f} reconn/s: {sample['reconnects']:.2f}"
+    )
+
+
+@dataclass
+class DriverOutput:
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    ready_t: float | None = None
+
+
+class DriverProcess:
+    """Trial side: start a driver in a namespace, collect its records, mark the fault, stop it."""
+
+    def __init__(
+        self,
+        host: Host,
+        module: str,
+        config: dict[str, Any],
+        log_path: Path,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.output = DriverOutput()
+        self._on_record = on_record
+        self._ready = threading.Event()
+        self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
+        self._records: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.proc = host.popen(
+            [sys.executable, "-m", module, json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            bufsize=1,
+        )
+        self._reader = threading.Thread(target=self._read, name=f"driver-{module}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                self._log.write(f"(non-protocol stdout) {line}")
+                continue
+            kind = record.get("kind")
+            if kind == "sample":
+                self.output.samples.append(record)
+            elif kind == "event":
+                self.output.events.append(record)
+            elif kind == "ready":
+                self.output.ready_t = record["t"]
+                self._ready.set()
+            if self._on_record:
+                self._on_record(record)
+        self._ready.set()  # EOF: let wait_ready() return and report the failure
+
+    def wait_ready(self, timeout: float) -> None:
+        if not self._ready.wait(timeout) or self.output.ready_t is None:
+            self._log.flush()
+            raise RuntimeError(
+                f"load driver not ready after {timeout:.0f}s (exit code {self.proc.poll()}); "
+                f"see {self._log.name}"
+            )
+
+    def _send(self, line: str) -> None:
+        if self.proc.stdin and self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(line + "\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:
+                pass
+
+    def mark_fault(self, t: float) -> None:
+        self._send(f"fault {t!r}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Ask the driver to stop; kill it if it does not (a thread stuck in a blackhole)."""
+        self._send("stop")
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        rc = self.proc.wait()
+        self._reader.join(timeout=5)
+        self._log.close()
+        return rc

@@ -1,0 +1,123 @@
+"""Trial settings: what a scenario file may say, validated with pydantic.
+
+Every setting has one flat dotted key ("client.tcp_retries2", "lb.expire_nodest_conn") so the
+same names serve TOML scenario files, `lab run --set key=value` and pytest parameters. Unknown
+keys and out-of-range values are rejected with the key named (extra="forbid" everywhere).
+None means "the kernel's / library's default": the trial leaves that knob alone.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class ClientSettings(Section):
+    """Knobs on the client side: sysctls of the client namespace, socket options, app timeouts."""
+
+    # sysctls of the client namespace (per-netns since Linux 4.6)
+    tcp_retries2: Annotated[int, Field(ge=1, le=255)] | None = None
+    tcp_syn_retries: Annotated[int, Field(ge=1, le=127)] | None = None
+    tcp_keepalive_time: Annotated[int, Field(ge=1, le=32767)] | None = None
+    tcp_keepalive_intvl: Annotated[int, Field(ge=1, le=32767)] | None = None
+    tcp_keepalive_probes: Annotated[int, Field(ge=1, le=127)] | None = None
+    # socket options set on the driver's connections
+    tcp_user_timeout_ms: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    so_keepalive: bool | None = None
+    tcp_keepidle: Annotated[int, Field(ge=1, le=32767)] | None = None
+    tcp_keepintvl: Annotated[int, Field(ge=1, le=32767)] | None = None
+    tcp_keepcnt: Annotated[int, Field(ge=1, le=127)] | None = None
+    # application timeouts (PyMySQL connect/read/write timeout; JDBC connectTimeout/socketTimeout)
+    connect_timeout_s: PosFloat = 10.0
+    read_timeout_s: PosFloat | None = None
+    write_timeout_s: PosFloat | None = None
+
+    SYSCTLS: ClassVar[tuple[str, ...]] = (
+        "tcp_retries2",
+        "tcp_syn_retries",
+        "tcp_keepalive_time",
+        "tcp_keepalive_intvl",
+        "tcp_keepalive_probes",
+    )
+
+    def sysctls(self) -> dict[str, int]:
+        """The namespace sysctls this trial sets, as full sysctl names."""
+        out = {}
+        for key in self.SYSCTLS:
+            value = getattr(self, key)
+            if value is not None:
+                out[f"net.ipv4.{key}"] = value
+        return out
+
+
+class LbSettings(Section):
+    engine: Literal["auto", "nft", "ipvs"] = "auto"
+    port: Annotated[int, Field(ge=1, le=65535)] = 3001
+    # IPVS semantics: 0 = packets of connections to a removed real server are dropped silently;
+    # 1 = the connection is expired and the client gets a reset.
+    expire_nodest_conn: Literal[0, 1] = 0
+    # connection drain: after a real server is removed, wait this long, then reset what is left
+    drain_timeout_s: Annotated[float, Field(ge=0)] | None = None
+
+
+class LoadSettings(Section):
+    driver: Literal["oltp"] = "oltp"
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+    tables: Annotated[int, Field(ge=1, le=64)] = 4
+    table_size: Annotated[int, Field(ge=10, le=1_000_000)] = 1000
+    # busy: transactions back to back; idle: the connection sits idle `idle_s` between
+    # transactions (the fault hits an idle connection, then the app uses it)
+    shape: Literal["busy", "idle"] = "busy"
+    idle_s: PosFloat = 5.0
+
+
+class FaultSettings(Section):
+    """How the active backend disappears, and when.
+
+    switchover: the LB removes it and adds the other (ipvsadm -d old; -a new);
+    crash: it vanishes silently (all its packets dropped, no RST);
+    kill: kill -9 of the server (its kernel sends RST / FIN);
+    hang: SIGSTOP of the server (its kernel still ACKs, no answer ever comes);
+    partition: the path to it fails, `partition_mode` drop (silent) or reject (tcp reset).
+    For every kind except switchover the LB also moves new connections to the other backend
+    `failover_after_s` after the fault (a health checker's reaction time).
+    """
+
+    kind: Literal["switchover", "crash", "kill", "hang", "partition"] = "switchover"
+    at_s: PosFloat = 5.0  # seconds after load start
+    partition_mode: Literal["drop", "reject"] = "drop"
+    failover_after_s: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrialSettings(Section):
+    """One trial: everything needed to build, load, break and observe it."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,=+-]{1,120}$")] = "trial"
+    backend: Literal["mariadb"] = "mariadb"
+    # stop observing this long after the fault if the service has not recovered
+    deadline_s: PosFloat = 60.0
+    # keep the load running this long after recovery (to show qps > 0 after)
+    after_s: Annotated[float, Field(ge=0)] = 3.0
+    client: ClientSettings = ClientSettings()
+    lb: LbSettings = LbSettings()
+    load: LoadSettings = LoadSettings()
+    fault: FaultSettings = FaultSettings()
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting as a dotted key (the summary.csv columns)."""
+        out: dict[str, Any] = {}
+        for key, value in self.model_dump().items():
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    out[f"{key}.{sub}"] = v
+            else:
+                out[key] = value
+        return out
