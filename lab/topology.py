@@ -306,3 +306,25 @@ class Network:
         self.run.record()
         if errors:
             raise RuntimeError("teardown incomplete: " + "; ".join(errors))
+
+
+def lvs_topology(client_sysctls: dict[str, int] | None = None) -> Topology:
+    """The article's LVS-NAT lab: client -- lb -- backend1 / backend2.
+
+    Real servers route back through the lb (NAT mode needs the replies to pass the director);
+    forwarding is on in the lb namespace only.
+    """
+    topo = Topology()
+    topo.add_host("client", sysctls=dict(client_sysctls or {}), gateway="lb")
+    topo.add_host("lb", forwarding=True)
+    topo.add_host("backend1", gateway="lb")
+    topo.add_host("backend2", gateway="lb")
+    topo.add_link("client", "lb")
+    topo.add_link("lb", "backend1")
+    topo.add_link("lb", "backend2")
+    return topo
+
+
+def lvs_vip(run: Run) -> ipaddress.IPv4Address:
+    """The virtual IP: .100 of the client-side link, added to the lb's interface."""
+    return run.link_subnet(0)[100]

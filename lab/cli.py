@@ -1,0 +1,199 @@
+"""`lab`: the command line, thin over the library.
+
+    lab run SCENARIO [--set key=value ...] [--out DIR] [--resume RUN_DIR]
+    lab keys                 every scenario key with its default
+    lab clean [--all]        remove what killed runs left behind
+    lab doctor               what this host can run
+    lab tm plan|predict|fit  the traffic manager's logic on a state file
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from lab import cleanup, doctor, scenario
+from lab.errors import LabError
+from lab.matrix import DEFAULT_PARALLEL, MatrixRun, new_run_dir
+from lab.trial import TrialStatus
+
+console = Console()
+
+
+def _fmt(x: Any, unit: str = "s") -> str:
+    if x in (None, ""):
+        return "-"
+    try:
+        return f"{float(x):.2f}{unit}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def progress_table(statuses: dict[str, TrialStatus]) -> Table:
+    table = Table(title="blackhole-lab", expand=False)
+    for col in ("trial", "phase", "elapsed", "qps", "outage clock", "last report"):
+        table.add_column(col)
+    now = time.monotonic()
+    for st in statuses.values():
+        elapsed = now - st.started if st.started else 0.0
+        if st.fault_t is None:
+            clock = "-"
+        elif st.recovered_t is not None:
+            clock = f"{st.recovered_t - st.fault_t:.2f}s (recovered)"
+        else:
+            clock = f"{now - st.fault_t:.1f}s"
+        table.add_row(st.name, st.phase, f"{elapsed:.0f}s", f"{st.qps:.0f}", clock,
+                      st.last_line[:70])
+    return table
+
+
+def summary_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="summary (outage = fault -> first successful transaction after it)")
+    for col in ("trial", "lb", "fault", "predicted", "mechanism", "measured", "detect", "errors",
+                "reconn", "verdict"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["trial"], r["lb"], r["fault"], _fmt(r["predicted_outage_s"]),
+            str(r["predicted_mechanism"]), _fmt(r["measured_outage_s"]), _fmt(r["detect_s"]),
+            str(r["errors"]), str(r["reconnects"]), str(r["verdict"]),
+        )
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    scen = scenario.load(Path(args.scenario), args.set)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not run_dir.is_dir():
+            raise LabError(f"--resume {run_dir}: no such run directory", "give a results/<run>")
+    else:
+        run_dir = new_run_dir(Path(args.out), scen.name)
+    interactive = console.is_terminal and not args.plain
+    last_print: dict[str, float] = {}
+
+    def on_line(line: str) -> None:
+        if interactive:
+            return
+        name = line.split(":", 1)[0]
+        now = time.monotonic()
+        if now - last_print.get(name, 0.0) >= args.every:
+            last_print[name] = now
+            print(line, flush=True)
+
+    matrix = MatrixRun(scen, run_dir, parallel=args.parallel, on_line=on_line)
+    console.print(
+        f"run {run_dir} ({len(scen.trials)} trial(s), up to {args.parallel} side by side)"
+    )
+    if interactive:
+        with Live(progress_table(matrix.statuses), console=console, refresh_per_second=4) as live:
+            import threading
+
+            done = threading.Event()
+
+            def refresh() -> None:
+                while not done.wait(0.25):
+                    live.update(progress_table(matrix.statuses))
+
+            t = threading.Thread(target=refresh, daemon=True)
+            t.start()
+            try:
+                rows = matrix.run()
+            finally:
+                done.set()
+                t.join()
+                live.update(progress_table(matrix.statuses))
+    else:
+        rows = matrix.run()
+    console.print(summary_table(rows))
+    console.print(f"results: {run_dir}/summary.csv")
+    for name, err in matrix.failures.items():
+        console.print(f"[red]trial {name} failed:[/red] {err} (see {run_dir / name / 'error.txt'})")
+    return 1 if matrix.failures else 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from lab.settings import TrialSettings
+
+    for key, value in TrialSettings().flat().items():
+        print(f"{key} = {value!r}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    removed = cleanup.clean(include_live=args.all)
+    for line in removed:
+        print(line)
+    print(f"lab clean: removed {len(removed)} leftover(s)")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = doctor.run_checks()
+    table = Table(title="lab doctor")
+    for col in ("check", "status", "detail"):
+        table.add_column(col)
+    for c in checks:
+        table.add_row(c.name, "ok" if c.ok else ("missing" if c.required else "no"), c.detail)
+    console.print(table)
+    return 0 if all(c.ok for c in checks if c.required) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one trial or a whole matrix")
+    run.add_argument("scenario")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a setting in every trial (see 'lab keys')")
+    run.add_argument("--out", default="results", help="results root (default: results)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
+    run.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                     help="trials side by side")
+    run.add_argument("--plain", action="store_true", help="no live view; print report lines")
+    run.add_argument("--every", type=float, default=1.0,
+                     help="with --plain: seconds between report lines per trial")
+    run.set_defaults(func=cmd_run)
+
+    sub.add_parser("keys", help="list scenario keys and defaults").set_defaults(func=cmd_keys)
+
+    clean = sub.add_parser("clean", help="remove leftovers of killed runs")
+    clean.add_argument("--all", action="store_true", help="also runs whose process is alive")
+    clean.set_defaults(func=cmd_clean)
+
+    sub.add_parser("doctor", help="what this host can run").set_defaults(func=cmd_doctor)
+
+    from lab.tm import cli as tm_cli
+
+    tm_cli.register(sub)
+    return parser
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _sigterm)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LabError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lab: interrupted; everything the run created was removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The nft engine must behave like IPVS in LVS-NAT mode (real namespaces, real TCP)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.lb import LbOptions, RealServer, make
+from lab.lb.nft import parse_conntrack_line
+from lab.runtime import Run
+from lab.topology import Network, lvs_topology, lvs_vip
+
+ECHO = str(Path(__file__).with_name("echo.py"))
+PORT = 7000
+
+
+class Rig:
+    """client -> lb(VIP) -> backend1/backend2 running the echo server."""
+
+    def __init__(self, net: Network, run: Run, options: LbOptions) -> None:
+        self.net = net
+        self.vip = lvs_vip(run)
+        net.add_address("lb", str(self.vip), "to-client")
+        self.servers = []
+        self.procs: list[subprocess.Popen[str]] = []
+        for name in ("backend1", "backend2"):
+            addr = net[name].address_towards("lb")
+            p = net[name].popen([sys.executable, ECHO, "server", name, str(addr), str(PORT)],
+                                stdout=subprocess.PIPE, text=True)
+            assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+            self.procs.append(p)
+            self.servers.append(RealServer(name, addr, PORT))
+        self.lb = make("nft", net["lb"], self.vip, 3001, options)
+        self.lb.setup()
+        self.lb.add_real_server(self.servers[0])
+        self.client = net["client"].popen(
+            [sys.executable, ECHO, "client", str(self.vip), "3001"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.procs.append(self.client)
+        assert self.ask("") == "connected"
+
+    def ask(self, cmd: str) -> str:
+        assert self.client.stdin is not None and self.client.stdout is not None
+        if cmd:
+            self.client.stdin.write(cmd + "\n")
+            self.client.stdin.flush()
+        return self.client.stdout.readline().strip()
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def rig(request: pytest.FixtureRequest, lab_run: Run) -> Iterator[Rig]:
+    options = getattr(request, "param", LbOptions())
+    with Network(lvs_topology(), lab_run) as net:
+        r = Rig(net, lab_run, options)
+        try:
+            yield r
+        finally:
+            r.close()
+
+
+def test_parse_conntrack_line() -> None:
+    line = ("tcp      6 431999 ESTABLISHED src=198.18.0.1 dst=198.18.0.100 sport=40000 "
+            "dport=3001 src=198.18.1.2 dst=198.18.0.1 sport=3306 dport=40000 [ASSURED] mark=1 "
+            "use=1")
+    c = parse_conntrack_line(line, {1: "backend1"})
+    assert c is not None
+    assert (c.state, c.source, c.virtual, c.destination, c.real_server) == (
+        "ESTABLISHED", "198.18.0.1:40000", "198.18.0.100:3001", "198.18.1.2:3306", "backend1")
+    assert c.expire_s == 431999
+    assert parse_conntrack_line("conntrack v1.4.7: 0 flow entries", {}) is None
+
+
+@pytest.mark.root
+def test_switchover_blackholes_old_connection_and_moves_new_ones(rig: Rig) -> None:
+    assert rig.ask("send ping") == "backend1:ping"
+    conns = rig.lb.connections()
+    assert [c.real_server for c in conns if c.state == "ESTABLISHED"] == ["backend1"]
+    rig.lb.switchover(rig.servers[0], rig.servers[1])
+    # the long-lived connection is blackholed: no answer, no reset (expire_nodest_conn=0)
+    assert rig.ask("send ping") == "timeout"
+    # new connections land on the new real server
+    assert rig.ask("new") == "backend2:hello"
+    # the table still shows the old entry pointing at the removed server (ipvsadm -Lcn)
+    assert any(c.real_server == "backend1" and c.state == "ESTABLISHED"
+               for c in rig.lb.connections())
+    dropped = rig.net["lb"].run(["nft", "list", "chain", "ip", "bhl_lvs", "nodest"]).stdout
+    assert "drop" in dropped and "packets 0 " not in dropped
+
+
+@pytest.mark.root
+def test_readding_the_server_resumes_its_connections(rig: Rig) -> None:
+    rig.lb.switchover(rig.servers[0], rig.servers[1])
+    assert rig.ask("send a") == "timeout"
+    rig.lb.add_real_server(rig.servers[0])
+    # the client's kernel retransmits the unacked "a" within ~0.4 s and the echo returns
+    time.sleep(1.0)
+    assert rig.ask("send b").startswith("backend1:")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("rig", [LbOptions(expire_nodest_conn=1)], indirect=True)
+def test_expire_nodest_conn_resets_the_client(rig: Rig) -> None:
+    assert rig.ask("send ping") == "backend1:ping"
+    rig.lb.switchover(rig.servers[0], rig.servers[1])
+    assert rig.ask("send ping") == "reset"
+    assert rig.ask("new") == "backend2:hello"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("rig", [LbOptions(drain_timeout_s=1.5)], indirect=True)
+def test_drain_serves_old_connections_then_resets_them(rig: Rig) -> None:
+    rig.lb.switchover(rig.servers[0], rig.servers[1])
+    assert rig.ask("new") == "backend2:hello"          # new ones go to the new server
+    assert rig.ask("send x") == "backend1:x"           # old one still served while draining
+    time.sleep(1.8)
+    assert rig.ask("send y") == "reset"                # reset after drain_timeout_s
+
+
+@pytest.mark.root
+def test_weights_and_quiesce(rig: Rig) -> None:
+    rig.lb.add_real_server(rig.servers[1], weight=3)
+    answers = [rig.ask("new").split(":")[0] for _ in range(8)]
+    assert answers.count("backend2") == 6 and answers.count("backend1") == 2
+    rig.lb.set_weight(rig.servers[0], 0)               # quiesced: no new connections ...
+    assert {rig.ask("new").split(":")[0] for _ in range(4)} == {"backend2"}
+    assert rig.ask("send still") == "backend1:still"   # ... but its existing one keeps working
