@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab.runtime import Run, new_run
+from lab.topology import Network, Topology
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,3 +28,14 @@ def lab_run() -> Iterator[Run]:
         yield run
     finally:
         run.release()
+
+
+@pytest.fixture
+def network(lab_run: Run) -> Iterator[Network]:
+    """Two hosts, `client` and `db`, on one link (no router); removed afterwards."""
+    topo = Topology()
+    topo.add_host("client")
+    topo.add_host("db")
+    topo.add_link("client", "db")
+    with Network(topo, lab_run) as net:
+        yield net

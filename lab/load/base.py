@@ -11,9 +11,14 @@ stdout (driver -> trial)
                                                     one per second; counts are per second,
                                                     t is the end of the interval
   {"kind": "event", "t": T, "event": E, "thread": i, "detail": ".."}
-      E = "error"      a failed query/commit (detail: "2013 Lost connection ... [Errno 110]")
+      E = "connected"  a new connection; detail and "sockopts" give the socket options
+                       read back from the kernel (getsockopt), so a trial can prove them
+          "error"      a failed query/commit (detail: "2013 Lost connection ... [Errno 110]");
+                       failed connects while reconnecting: one per sequence, "...(connect)"
           "reconnect"  a new connection after an error succeeded
           "recovered"  the first transaction *started* after the fault mark that succeeded
+  samples also carry "interval_s" (1.0; the last, partial one printed on stop is shorter,
+  its counts still per second)
 stdin (trial -> driver)
   "fault T"   the fault was injected at T (recovered events refer to it)
   "stop"      finish the current second, print the last sample, exit 0

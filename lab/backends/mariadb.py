@@ -1,0 +1,363 @@
+"""MariaDB backend: a real mariadbd in a backend namespace, started from a cached template.
+
+A trial must be cheap to build (target: 4 namespaces + 2 servers + teardown in <= 5 s), but
+mariadb-install-db plus a sysbench-style prepare takes seconds. So both happen once per
+machine: `ensure_template()` builds an initialised datadir with the sbtest schema and data
+under CACHE_DIR (keyed by the mariadbd version and the table count/size), and each server
+start only copies it (~25 MB, tens of ms) and starts mariadbd (~0.2 s).
+
+Setup and inspection go over the server's unix socket as root (socket authentication), never
+over TCP from the host namespace: every TCP client of a lab server lives in a lab namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from functools import cache
+from pathlib import Path
+from typing import IO, Any
+
+import pymysql
+
+from lab.backends.base import Backend
+from lab.errors import LabError
+from lab.load.oltp import SysbenchRandom, create_index_sql, create_table_sql
+from lab.topology import Host
+
+CACHE_DIR = Path(os.environ.get("BHL_CACHE_DIR", "/var/cache/blackhole-lab"))
+DATABASE = "sbtest"
+USER = "sbtest"
+PASSWORD = "sbpass"
+# what a client (through the VIP) asks to learn which backend answered
+IDENTITY_SQL = "SELECT name FROM sbtest.lab_identity WHERE id = 1"
+
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+UNIX_PATH_MAX = 107
+INSERT_BATCH = 1000
+SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin"
+
+# Options shared by the template build and every server: InnoDB files must be compatible, and
+# buffers are small so start and shutdown are fast. Durability is irrelevant (the datadir is a
+# throw-away copy), so commits do not fsync: fsync latency of the VM disk would otherwise
+# dominate the transaction latency the lab measures.
+INNODB_OPTIONS = (
+    "--innodb-buffer-pool-size=64M",
+    "--innodb-log-file-size=8M",
+    "--innodb-flush-log-at-trx-commit=2",
+    "--innodb-buffer-pool-dump-at-shutdown=0",
+    "--innodb-buffer-pool-load-at-startup=0",
+)
+
+
+def check_binaries(path: str | None = None) -> dict[str, str]:
+    """Absolute paths of mariadbd and mariadb-install-db, or a one-line LabError.
+
+    mariadbd lives in /usr/sbin, which a non-login root shell may not have on PATH, so the sbin
+    directories are searched as well (unless `path` is given, e.g. by a test).
+    """
+    found = {}
+    for name in ("mariadbd", "mariadb-install-db"):
+        where = shutil.which(name, path=path) if path is not None else (
+            shutil.which(name) or shutil.which(name, path=SBIN_PATH))
+        if where is None:
+            raise LabError(f"{name} not found", "run 'make setup' (installs mariadb-server)")
+        found[name] = where
+    return found
+
+
+@cache
+def mariadbd_version() -> str:
+    """'10.11.19-MariaDB-0+deb12u1': part of the template's cache key."""
+    binary = check_binaries()["mariadbd"]
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    m = re.search(r"Ver\s+(\S+)", out.stdout)
+    if not m:
+        raise RuntimeError(f"cannot parse '{binary} --version': {out.stdout.strip()!r}")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", m.group(1))
+
+
+def template_dir(tables: int, table_size: int) -> Path:
+    return CACHE_DIR / f"mariadb-{mariadbd_version()}-t{tables}-s{table_size}"
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+def _server_argv(datadir: Path, run_dir: Path, socket_path: Path, *extra: str) -> list[str]:
+    """mariadbd's command line; --no-defaults first so /etc/mysql is never read."""
+    if len(str(socket_path)) > UNIX_PATH_MAX:
+        raise LabError(
+            f"unix socket path too long ({len(str(socket_path))} > {UNIX_PATH_MAX}): "
+            f"{socket_path}",
+            "use a shorter scratch directory",
+        )
+    return [
+        check_binaries()["mariadbd"],
+        "--no-defaults",
+        "--user=root",
+        f"--datadir={datadir}",
+        f"--socket={socket_path}",
+        f"--pid-file={run_dir / 'mariadbd.pid'}",
+        f"--log-error={run_dir / 'error.log'}",
+        f"--tmpdir={run_dir}",
+        "--skip-log-bin",
+        "--skip-name-resolve",
+        "--max-connections=200",
+        *INNODB_OPTIONS,
+        *extra,
+    ]
+
+
+def _connect_unix(socket_path: Path, timeout: float = 2.0) -> pymysql.connections.Connection:
+    return pymysql.connect(unix_socket=str(socket_path), user="root", connect_timeout=timeout,
+                           read_timeout=30, autocommit=True)
+
+
+def _wait_healthy(proc: subprocess.Popen[Any], socket_path: Path, log: Path,
+                  timeout: float = START_TIMEOUT_S) -> None:
+    """Until `SELECT 1` answers over the unix socket; RuntimeError with the log tail if not."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"mariadbd exited with code {proc.returncode} during startup; "
+                f"{log} ends with:\n{_tail(log)}")
+        if socket_path.exists():
+            try:
+                conn = _connect_unix(socket_path, timeout=1.0)
+                try:
+                    conn.query("SELECT 1")
+                    return
+                finally:
+                    conn.close()
+            except pymysql.err.Error as exc:
+                last = exc
+        time.sleep(0.02)
+    raise RuntimeError(
+        f"mariadbd did not answer within {timeout:.0f}s (last error: {last}); "
+        f"{log} ends with:\n{_tail(log)}")
+
+
+def _terminate(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGCONT (a fault may have stopped it), SIGTERM, wait, SIGKILL; tolerates a dead process."""
+    if proc.poll() is None:
+        for sig in (signal.SIGCONT, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
+
+
+# --- the template -----------------------------------------------------------------------------
+
+
+def ensure_template(tables: int = 4, table_size: int = 1000) -> Path:
+    """The cached template datadir for (tables, table_size); built once per machine.
+
+    Safe against concurrent callers (threads or processes): a flock serialises builders of
+    the same template, the build happens in a temporary directory and is renamed into place
+    only when complete, so a killed build never leaves a half template behind.
+    """
+    final = template_dir(tables, table_size)
+    data = final / "data"
+    if data.is_dir():
+        return data
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if data.is_dir():
+            return data  # another builder finished while we waited
+        for stale in CACHE_DIR.glob(f".build-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed build (we hold the lock)
+        tmp = CACHE_DIR / f".build-{final.name}-{os.getpid()}-{secrets.token_hex(3)}"
+        tmp.mkdir()
+        try:
+            started = time.monotonic()
+            _build_template(tmp, tables, table_size)
+            info = {"mariadbd": mariadbd_version(), "tables": tables, "table_size": table_size,
+                    "build_s": round(time.monotonic() - started, 2)}
+            (tmp / "template.json").write_text(json.dumps(info) + "\n")
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return data
+
+
+def _build_template(root: Path, tables: int, table_size: int) -> None:
+    """install-db, then a private mariadbd (--skip-networking: unix socket only) to load
+    sysbench's schema and data, then a slow clean shutdown so the copy starts without
+    recovery or pending purge."""
+    binaries = check_binaries()
+    data = root / "data"
+    log = root / "build.log"
+    with open(log, "w") as out:
+        install = subprocess.run(
+            [binaries["mariadb-install-db"], "--no-defaults", "--user=root", f"--datadir={data}",
+             "--auth-root-authentication-method=socket", "--skip-test-db",
+             "--skip-name-resolve", *INNODB_OPTIONS],
+            stdout=out, stderr=subprocess.STDOUT, timeout=120,
+        )
+    if install.returncode != 0:
+        raise RuntimeError(f"mariadb-install-db failed ({install.returncode}):\n{_tail(log)}")
+    # the cache path is long; a unix socket path must fit in 108 bytes
+    sock_dir = Path(tempfile.mkdtemp(prefix="bhl-tpl-"))
+    socket_path = sock_dir / "mysqld.sock"
+    argv = _server_argv(data, root, socket_path, "--skip-networking", "--innodb-fast-shutdown=0")
+    with open(root / "mariadbd.out", "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        _wait_healthy(proc, socket_path, root / "error.log")
+        conn = _connect_unix(socket_path)
+        try:
+            _load_sbtest(conn, tables, table_size)
+        finally:
+            conn.close()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+        if rc != 0:
+            raise RuntimeError(f"template mariadbd shutdown failed ({rc}):\n"
+                               f"{_tail(root / 'error.log')}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (root / "mariadbd.pid").unlink()
+
+
+def _load_sbtest(conn: pymysql.connections.Connection, tables: int, table_size: int) -> None:
+    """What `sysbench oltp_read_write prepare` does, plus the lab_identity table."""
+    rng = SysbenchRandom()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {DATABASE}")
+        cur.execute(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'")
+        cur.execute(f"GRANT ALL ON {DATABASE}.* TO '{USER}'@'%'")
+        cur.execute(f"USE {DATABASE}")
+        for n in range(1, tables + 1):
+            cur.execute(create_table_sql(n))
+            insert = f"INSERT INTO sbtest{n}(k, c, pad) VALUES (%s, %s, %s)"
+            for first in range(0, table_size, INSERT_BATCH):
+                rows = [(rng.special(1, table_size), rng.c_value(), rng.pad_value())
+                        for _ in range(min(INSERT_BATCH, table_size - first))]
+                cur.executemany(insert, rows)
+            cur.execute(create_index_sql(n))
+        cur.execute("CREATE TABLE lab_identity (id TINYINT PRIMARY KEY, name VARCHAR(64) "
+                    "NOT NULL) ENGINE=InnoDB")
+        cur.execute("INSERT INTO lab_identity VALUES (1, 'template')")
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+class MariaDBServer(Backend):
+    """mariadbd in `host`'s namespace, bound to `address:port`, data copied from the template.
+
+    Each server writes its own name into sbtest.lab_identity at start, so a client can tell
+    through the VIP which backend answered (IDENTITY_SQL); `SELECT @@report_host` gives the
+    same name without touching a table.
+    """
+
+    kind = "mariadb"
+
+    def __init__(self, host: Host, address: ipaddress.IPv4Address, *, port: int = 3306,
+                 tables: int = 4, table_size: int = 1000) -> None:
+        super().__init__(host, address)
+        self.port = port
+        self.tables = tables
+        self.table_size = table_size
+        self.dir = host.workdir / "mariadb"
+        self.datadir = self.dir / "data"
+        self.socket_path = self.dir / "mysqld.sock"
+        self.error_log = self.dir / "error.log"
+        self.timings: dict[str, float] = {}
+        self._proc: subprocess.Popen[Any] | None = None
+        self._out: IO[str] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """mariadbd's pid (ip netns exec execs it), None once it has exited."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            raise RuntimeError(f"{self.name}: mariadbd already running (pid {self._proc.pid})")
+        t0 = time.monotonic()
+        template = ensure_template(self.tables, self.table_size)
+        t1 = time.monotonic()
+        shutil.rmtree(self.datadir, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(template, self.datadir)
+        t2 = time.monotonic()
+        # fast shutdown 3: no flush, no rollback -- the copy is thrown away after the trial
+        argv = _server_argv(self.datadir, self.dir, self.socket_path,
+                            f"--bind-address={self.address}", f"--port={self.port}",
+                            "--innodb-fast-shutdown=3", f"--report-host={self.name}")
+        self._out = open(self.dir / "mariadbd.out", "a")  # noqa: SIM115 (closed in stop())
+        self._proc = self.host.popen(argv, stdin=subprocess.DEVNULL, stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+        try:
+            _wait_healthy(self._proc, self.socket_path, self.error_log)
+            self.query("UPDATE sbtest.lab_identity SET name = %s WHERE id = 1", (self.name,))
+            self._check_listening()
+        except BaseException:
+            self.stop()
+            raise
+        t3 = time.monotonic()
+        self.timings = {"template_s": t1 - t0, "copy_s": t2 - t1, "start_s": t3 - t2,
+                        "total_s": t3 - t0}
+
+    def _check_listening(self) -> None:
+        """The health check used the unix socket; prove the TCP listener from inside the ns."""
+        out = self.host.run(["ss", "-Hltn"]).stdout
+        want = f"{self.address}:{self.port}"
+        if not any(want in line.split() for line in out.splitlines()):
+            raise RuntimeError(f"{self.name}: mariadbd answers on its socket but does not "
+                               f"listen on {want}; ss -ltn:\n{out}\n{_tail(self.error_log)}")
+
+    def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        """Run one statement as root over the unix socket (setup, inspection)."""
+        conn = _connect_unix(self.socket_path)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def identity(self) -> str:
+        return str(self.query(IDENTITY_SQL)[0][0])
+
+    def stop(self) -> None:
+        t0 = time.monotonic()
+        if self._proc is not None:
+            _terminate(self._proc)
+            self._proc = None
+            self.timings["stop_s"] = time.monotonic() - t0
+        if self._out is not None:
+            self._out.close()
+            self._out = None

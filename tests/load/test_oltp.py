@@ -1,0 +1,199 @@
+"""The oltp driver against a real MariaDB: protocol, sysbench counting, socket options, and its
+behaviour when the connection is blackholed or the server is killed."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.backends.mariadb import MariaDBServer
+from lab.load.base import DriverProcess
+from lab.load.oltp import (
+    QUERIES_PER_TXN,
+    OltpConfig,
+    SysbenchRandom,
+    make_config,
+    p95,
+)
+from lab.settings import ClientSettings, LoadSettings
+from lab.topology import Network
+
+SYSBENCH_LINE = re.compile(
+    r"^\[ (\d+)s \] thds: (\d+) tps: ([\d.]+) qps: ([\d.]+) \(r/w/o: ([\d.]+)/([\d.]+)/([\d.]+)\)"
+    r" lat \(ms,(\d+)%\): ([\d.]+) err/s: ([\d.]+) reconn/s: ([\d.]+)$")
+
+
+@pytest.fixture
+def server(network: Network) -> Iterator[MariaDBServer]:
+    db = network["db"]
+    s = MariaDBServer(db, db.address_towards("client"))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def start_driver(network: Network, server: MariaDBServer, tmp_path: Path,
+                 client: ClientSettings, load: LoadSettings | None = None) -> DriverProcess:
+    config = make_config(str(server.address), server.port, client, load or LoadSettings())
+    driver = DriverProcess(network["client"], "lab.load.oltp", config, tmp_path / "driver.log")
+    driver.wait_ready(15)
+    return driver
+
+
+def wait_for(driver: DriverProcess, pred: Callable[[dict[str, Any]], bool],
+             timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ev in list(driver.output.events):
+            if pred(ev):
+                return ev
+        time.sleep(0.01)
+    raise AssertionError(f"no matching event in {timeout}s; events: {driver.output.events}")
+
+
+def events(driver: DriverProcess, name: str) -> list[dict[str, Any]]:
+    return [e for e in driver.output.events if e["event"] == name]
+
+
+DROP_TO_DB = """table inet lab_blackhole {
+  chain in {
+    type filter hook input priority 0; policy accept;
+    tcp dport 3306 drop
+  }
+}
+"""
+
+
+def test_sysbench_helpers() -> None:
+    rng = SysbenchRandom(1)
+    values = [rng.special(1, 1000) for _ in range(20000)]
+    assert min(values) >= 1 and max(values) <= 1000
+    hot = sum(1 for v in values if 495 <= v <= 506)  # the middle 1%
+    assert 0.70 < hot / len(values) < 0.80  # sysbench's 75% 'special' share
+    c = rng.c_value()
+    assert len(c) == 119 and re.fullmatch(r"(\d{11}-){9}\d{11}", c)
+    assert len(rng.pad_value()) == 59
+    assert p95([]) == 0.0 and p95([float(i) for i in range(1, 101)]) == 95.0
+    assert QUERIES_PER_TXN == 20
+    cfg = make_config("198.18.0.2", 3306, ClientSettings(tcp_user_timeout_ms=5), LoadSettings())
+    assert OltpConfig.model_validate(cfg).client.tcp_user_timeout_ms == 5
+
+
+@pytest.mark.root
+def test_samples_counts_and_socket_options(
+    network: Network, server: MariaDBServer, tmp_path: Path
+) -> None:
+    client = ClientSettings(tcp_user_timeout_ms=2000, so_keepalive=True, tcp_keepidle=7,
+                            tcp_keepintvl=3, tcp_keepcnt=4, read_timeout_s=30)
+    driver = start_driver(network, server, tmp_path, client, LoadSettings(threads=2))
+    time.sleep(3.2)
+    assert driver.stop() == 0
+    full = [s for s in driver.output.samples if s["interval_s"] == 1.0]
+    assert len(full) >= 3
+    for s in driver.output.samples:
+        assert s["threads"] == 2 and s["tps"] > 0 and s["errors"] == 0
+        assert s["reads"] == pytest.approx(14 * s["tps"], abs=0.1)
+        assert s["writes"] == pytest.approx(4 * s["tps"], abs=0.1)
+        assert s["other"] == pytest.approx(2 * s["tps"], abs=0.1)
+        assert s["qps"] == pytest.approx(QUERIES_PER_TXN * s["tps"], abs=0.2)
+        assert s["lat_p95_ms"] > 0
+    # one sample per second on the monotonic grid that starts at ready
+    assert driver.output.ready_t is not None
+    for k, s in enumerate(full):
+        assert s["t"] == pytest.approx(driver.output.ready_t + k + 1, abs=1e-6)
+    connected = events(driver, "connected")
+    assert len(connected) == 2
+    for ev in connected:
+        assert ev["sockopts"] == {"TCP_USER_TIMEOUT": 2000, "SO_KEEPALIVE": 1, "TCP_KEEPIDLE": 7,
+                                  "TCP_KEEPINTVL": 3, "TCP_KEEPCNT": 4, "TCP_NODELAY": 1}
+    lines = (tmp_path / "driver.log").read_text().splitlines()
+    assert len([ln for ln in lines if SYSBENCH_LINE.match(ln)]) >= 3
+    tps = [s["tps"] for s in full]
+    print(f"\n2 threads, direct: tps per second {tps}")
+
+
+@pytest.mark.root
+def test_blackhole_error_reconnect_recovered(
+    network: Network, server: MariaDBServer, tmp_path: Path
+) -> None:
+    client = ClientSettings(tcp_user_timeout_ms=2000, so_keepalive=False)
+    driver = start_driver(network, server, tmp_path, client)
+    try:
+        assert events(driver, "connected")[0]["sockopts"]["SO_KEEPALIVE"] == 0
+        time.sleep(0.5)
+        # the silent drop is on the server side (like the LB dropping client->server): a drop
+        # in the client's own output hook is a local send failure, which TCP handles on a
+        # different path (measured 2.2 s or 5.6 s, depending on what was in flight)
+        network["db"].run(["nft", "-f", "-"], input=DROP_TO_DB)
+        fault_t = time.monotonic()
+        driver.mark_fault(fault_t)
+        error = wait_for(driver, lambda e: e["event"] == "error", 6)
+        detect = error["t"] - fault_t
+        print(f"\nerror {detect:.2f} s after the drop: {error['detail']}")
+        assert 1.8 <= detect <= 3.5  # TCP_USER_TIMEOUT 2 s, counted from the first RTO
+        assert error["detail"].startswith("2013 Lost connection to MySQL server during query")
+        assert "[Errno 110]" in error["detail"]
+        assert not events(driver, "recovered")  # nothing succeeds through the blackhole
+        network["db"].run(["nft", "delete", "table", "inet", "lab_blackhole"])
+        lifted = time.monotonic()
+        reconnect = wait_for(driver, lambda e: e["event"] == "reconnect", 5)
+        recovered = wait_for(driver, lambda e: e["event"] == "recovered", 5)
+        print(f"reconnect {reconnect['t'] - lifted:+.2f} s after lifting ({reconnect['detail']}),"
+              f" recovered {recovered['t'] - fault_t:.2f} s after the fault")
+        assert error["t"] < reconnect["t"] <= recovered["t"]
+        time.sleep(1.2)
+    finally:
+        assert driver.stop() == 0
+    outage = [s for s in driver.output.samples if fault_t + 1 < s["t"] <= error["t"]]
+    assert outage and all(s["tps"] == 0 for s in outage)
+    assert sum(s["errors"] for s in driver.output.samples) >= 1
+    assert sum(s["reconnects"] for s in driver.output.samples) == 1
+    assert driver.output.samples[-1]["tps"] > 0
+
+
+@pytest.mark.root
+def test_stop_is_prompt_while_stuck_in_a_blackhole(
+    network: Network, server: MariaDBServer, tmp_path: Path
+) -> None:
+    driver = start_driver(network, server, tmp_path, ClientSettings(), LoadSettings(threads=2))
+    network["db"].run(["nft", "-f", "-"], input=DROP_TO_DB)
+    time.sleep(1.3)  # both threads now wait for answers that never come
+    t = time.monotonic()
+    assert driver.stop(timeout=3) == 0
+    assert time.monotonic() - t < 1.0
+    last = driver.output.samples[-1]
+    assert last["interval_s"] < 1.0 and last["tps"] == 0
+
+
+@pytest.mark.root
+def test_killed_server_is_noticed_at_once(
+    network: Network, server: MariaDBServer, tmp_path: Path
+) -> None:
+    driver = start_driver(network, server, tmp_path, ClientSettings())
+    try:
+        time.sleep(0.3)
+        assert server.pid is not None
+        fault_t = time.monotonic()
+        os.kill(server.pid, signal.SIGKILL)
+        driver.mark_fault(fault_t)
+        error = wait_for(driver, lambda e: e["event"] == "error", 3)
+        print(f"\nerror {1000 * (error['t'] - fault_t):.0f} ms after kill -9: {error['detail']}")
+        assert error["t"] - fault_t < 1.0
+        assert error["detail"].startswith(("2013 ", "2006 "))
+        # reconnects are refused (RST): reported once, not once per attempt
+        refused = wait_for(driver, lambda e: e["detail"].endswith("(connect)"), 3)
+        assert refused["detail"].startswith("2003 ")
+        time.sleep(0.5)
+        assert len([e for e in events(driver, "error") if e["t"] > error["t"]]) == 1
+        assert not events(driver, "reconnect")
+    finally:
+        assert driver.stop() == 0
