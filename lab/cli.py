@@ -1,6 +1,8 @@
 """`lab`: the command line, thin over the library.
 
     lab run SCENARIO [--set key=value ...] [--out DIR] [--resume RUN_DIR]
+    lab report RUN_DIR       table + plots of a run
+    lab compare RUN_A RUN_B  what changed, trial by trial; exit 1 on a regression
     lab keys                 every scenario key with its default
     lab clean [--all]        remove what killed runs left behind
     lab doctor               what this host can run
@@ -20,7 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from lab import cleanup, doctor, scenario
+from lab import cleanup, doctor, report, scenario
 from lab.errors import LabError
 from lab.matrix import DEFAULT_PARALLEL, MatrixRun, new_run_dir
 from lab.trial import TrialStatus
@@ -120,6 +122,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if matrix.failures else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    rows = report.read_run(run_dir)
+    console.print(summary_table(rows))
+    for path in report.make_report(run_dir):
+        console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    a, b = Path(args.run_a), Path(args.run_b)
+    changes, notes = report.compare(a, b, args.metric, args.rel_tol, args.abs_tol)
+    table = Table(title=f"{a.name} -> {b.name} (regression: {args.metric} worse by more than "
+                        f"{100 * args.rel_tol:.0f} % and {args.abs_tol:g})")
+    for col in ("trial", "metric", "A", "B", "delta", ""):
+        table.add_column(col)
+    for c in changes:
+        table.add_row(c.trial, c.metric, _fmt(c.a, ""), _fmt(c.b, ""), _fmt(c.delta, ""),
+                      "[red]REGRESSION[/red]" if c.regression else "")
+    console.print(table)
+    for note in notes:
+        console.print(note)
+    bad = [c for c in changes if c.regression]
+    console.print(f"{len(bad)} regression(s) in {args.metric}")
+    return 1 if bad else 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from lab.settings import TrialSettings
 
@@ -163,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--every", type=float, default=1.0,
                      help="with --plain: seconds between report lines per trial")
     run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="table and PNG plots of a run")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
+
+    cmp_ = sub.add_parser("compare", help="compare two runs trial by trial")
+    cmp_.add_argument("run_a")
+    cmp_.add_argument("run_b")
+    cmp_.add_argument("--metric", default="measured_outage_s", choices=report.COMPARED,
+                      help="the metric that gates (exit 1 when it regresses)")
+    cmp_.add_argument("--rel-tol", type=float, default=0.10, help="relative tolerance")
+    cmp_.add_argument("--abs-tol", type=float, default=0.5, help="absolute tolerance")
+    cmp_.set_defaults(func=cmd_compare)
 
     sub.add_parser("keys", help="list scenario keys and defaults").set_defaults(func=cmd_keys)
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab import backends as backends_
 from lab import faults, lb, model
 from lab.backends.base import Backend
-from lab.backends.mariadb import MariaDBServer
 from lab.lb.base import LbOptions, RealServer
 from lab.load.base import DriverProcess, sysbench_line
 from lab.runtime import new_run
@@ -113,12 +113,7 @@ def run_trial(
 
         backends: list[Backend] = []
         for name in ("backend1", "backend2"):
-            b = MariaDBServer(
-                net[name],
-                net[name].address_towards("lb"),
-                tables=settings.load.tables,
-                table_size=settings.load.table_size,
-            )
+            b = backends_.make(settings, net[name], net[name].address_towards("lb"))
             teardown.callback(b.stop)
             backends.append(b)
         _start_backends(backends)
@@ -141,8 +136,8 @@ def run_trial(
             net["client"],
             f"lab.load.{settings.load.driver}",
             {
-                "target": {"host": str(vip), "port": settings.lb.port, "user": "sbtest",
-                           "password": "sbpass", "database": "sbtest"},
+                "target": {"host": str(vip), "port": settings.lb.port,
+                           **backends[0].client_params()},
                 "client": settings.client.model_dump(),
                 "load": settings.load.model_dump(),
             },

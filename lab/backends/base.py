@@ -37,6 +37,10 @@ class Backend(ABC):
     def stop(self) -> None:
         """Stop the server (idempotent; also after it was killed or stopped by a fault)."""
 
+    def client_params(self) -> dict[str, str]:
+        """What a load driver needs besides host:port to use this server (credentials...)."""
+        return {}
+
     def __enter__(self) -> Backend:
         self.start()
         return self

@@ -339,6 +339,9 @@ class MariaDBServer(Backend):
             raise RuntimeError(f"{self.name}: mariadbd answers on its socket but does not "
                                f"listen on {want}; ss -ltn:\n{out}\n{_tail(self.error_log)}")
 
+    def client_params(self) -> dict[str, str]:
+        return {"user": USER, "password": PASSWORD, "database": DATABASE}
+
     def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         """Run one statement as root over the unix socket (setup, inspection)."""
         conn = _connect_unix(self.socket_path)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
 from lab.topology import Host
 
-TABLE = "bhl_lvs"
+TABLE_PREFIX = "bhl_lvs_"  # one table per virtual service: bhl_lvs_<port>
 
 
 @dataclass
@@ -47,6 +47,7 @@ class NftLoadBalancer(LoadBalancer):
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
+        self.table = f"{TABLE_PREFIX}{port}"
 
     # --- ruleset -------------------------------------------------------------------------
     def _scheduling_rules(self) -> list[str]:
@@ -77,16 +78,16 @@ class NftLoadBalancer(LoadBalancer):
         return rules
 
     def _apply(self) -> None:
-        lines = [f"flush chain ip {TABLE} svc"]
-        lines += [f"add rule ip {TABLE} svc {r}" for r in self._scheduling_rules()]
-        lines.append(f"flush chain ip {TABLE} nodest")
-        lines += [f"add rule ip {TABLE} nodest {r}" for r in self._forward_rules()]
+        lines = [f"flush chain ip {self.table} svc"]
+        lines += [f"add rule ip {self.table} svc {r}" for r in self._scheduling_rules()]
+        lines.append(f"flush chain ip {self.table} nodest")
+        lines += [f"add rule ip {self.table} nodest {r}" for r in self._forward_rules()]
         self.host.run(["nft", "-f", "-"], input="\n".join(lines) + "\n")
 
     # --- interface -------------------------------------------------------------------------
     def setup(self) -> None:
         ruleset = f"""
-table ip {TABLE} {{
+table ip {self.table} {{
     chain prerouting {{
         type nat hook prerouting priority dstnat; policy accept;
         ip daddr {self.vip} tcp dport {self.port} jump svc
@@ -171,7 +172,7 @@ table ip {TABLE} {{
     def close(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        self.host.run(["nft", "delete", "table", "ip", TABLE], check=False)
+        self.host.run(["nft", "delete", "table", "ip", self.table], check=False)
 
 
 _CT_RE = re.compile(

@@ -93,7 +93,7 @@ def test_switchover_blackholes_old_connection_and_moves_new_ones(rig: Rig) -> No
     # the table still shows the old entry pointing at the removed server (ipvsadm -Lcn)
     assert any(c.real_server == "backend1" and c.state == "ESTABLISHED"
                for c in rig.lb.connections())
-    dropped = rig.net["lb"].run(["nft", "list", "chain", "ip", "bhl_lvs", "nodest"]).stdout
+    dropped = rig.net["lb"].run(["nft", "list", "chain", "ip", rig.lb.table, "nodest"]).stdout
     assert "drop" in dropped and "packets 0 " not in dropped
 
 
