@@ -87,6 +87,7 @@ class MatrixRun:
 
     def run(self) -> list[dict[str, Any]]:
         """Run (or resume) the matrix; returns summary rows in scenario order."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         todo = []
         for i, t in enumerate(self.scenario.trials):
             row = finished_row(self.run_dir / t.name)

@@ -32,8 +32,11 @@ def _float(x: Any) -> float | None:
 def read_run(run_dir: Path) -> list[dict[str, str]]:
     path = run_dir / "summary.csv"
     if not path.exists():
-        raise LabError(f"{run_dir} has no summary.csv", "give a results/<run-id> directory "
-                       "of a finished run (or finish it with lab run --resume)")
+        raise LabError(
+            f"{run_dir} has no summary.csv",
+            "give a results/<run-id> directory "
+            "of a finished run (or finish it with lab run --resume)",
+        )
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -68,13 +71,19 @@ def plot_timelines(run_dir: Path, rows: list[dict[str, str]], out: Path) -> Path
         measured = _float(row["measured_outage_s"])
         predicted = _float(row["predicted_outage_s"])
         if measured is not None:
-            ax.axvspan(0, measured, color="red", alpha=0.15,
-                       label=f"outage {measured:.2f} s (measured)")
+            ax.axvspan(
+                0, measured, color="red", alpha=0.15, label=f"outage {measured:.2f} s (measured)"
+            )
         else:
             ax.axvspan(0, max(t, default=0), color="red", alpha=0.08, label="not recovered")
         if predicted is not None and predicted <= max(t, default=0) + 1:
-            ax.axvline(predicted, color="black", ls="--", lw=1,
-                       label=f"model {predicted:.2f} s ({row['predicted_mechanism']})")
+            ax.axvline(
+                predicted,
+                color="black",
+                ls="--",
+                lw=1,
+                label=f"model {predicted:.2f} s ({row['predicted_mechanism']})",
+            )
         ax.set_title(f"{row['trial']}  [{row['lb']}, {row['fault']}]", fontsize=9, loc="left")
         ax.set_ylabel("qps")
         ax.set_xlim(min(t, default=-1), max(t, default=1))
@@ -89,17 +98,23 @@ def plot_timelines(run_dir: Path, rows: list[dict[str, str]], out: Path) -> Path
 
 def plot_predicted_vs_measured(rows: list[dict[str, str]], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 5.5))
-    pts = [(_float(r["predicted_outage_s"]), _float(r["measured_outage_s"]), r["trial"])
-           for r in rows]
+    pts = [
+        (_float(r["predicted_outage_s"]), _float(r["measured_outage_s"]), r["trial"]) for r in rows
+    ]
     pts = [(p, m, n) for p, m, n in pts if p is not None and m is not None and p > 0 and m > 0]
     if pts:
         lo = min(min(p, m) for p, m, _ in pts) / 1.5
         hi = max(max(p, m) for p, m, _ in pts) * 1.5
         xs = [lo, hi]
         ax.plot(xs, xs, color="gray", lw=1, label="measured = model")
-        ax.fill_between(xs, [max(0.95 * x, x - 0.5) for x in xs],
-                        [max(1.05 * x, x + 0.5) for x in xs], color="gray", alpha=0.2,
-                        label="±5 % or ±0.5 s")
+        ax.fill_between(
+            xs,
+            [max(0.95 * x, x - 0.5) for x in xs],
+            [max(1.05 * x, x + 0.5) for x in xs],
+            color="gray",
+            alpha=0.2,
+            label="±5 % or ±0.5 s",
+        )
         for p, m, name in pts:
             ax.scatter([p], [m], s=25)
             ax.annotate(name, (p, m), fontsize=7, xytext=(4, 4), textcoords="offset points")
@@ -118,11 +133,91 @@ def plot_predicted_vs_measured(rows: list[dict[str, str]], out: Path) -> Path:
     return path
 
 
+def plot_trial(trial_dir: Path, row: dict[str, str]) -> Path:
+    """One trial's evidence on one time axis: qps; the blackholed segment's retransmissions
+    with their gaps (the exponential backoff); the client socket's retransmit counter and
+    time left on its timer (what `ss -o` / `netstat -o` show)."""
+    fig, (ax_q, ax_r, ax_s) = plt.subplots(3, 1, figsize=(10, 7.5), sharex=True)
+    fault = fault_time(trial_dir)
+    measured = _float(row.get("measured_outage_s"))
+    tl = read_csv(trial_dir / "timeline.csv")
+    ax_q.plot(
+        [float(s["t_s"]) for s in tl],
+        [float(s["qps"]) for s in tl],
+        drawstyle="steps-pre",
+        lw=1.2,
+        label="qps",
+    )
+    ax_q.set_ylabel("qps")
+    for ax in (ax_q, ax_r, ax_s):
+        if fault is not None:
+            ax.axvline(fault, color="red", lw=1)
+            if measured is not None:
+                ax.axvspan(fault, fault + measured, color="red", alpha=0.12)
+    ax_q.set_title(
+        f"{row['trial']}: outage {_fmt_s(measured)} "
+        f"(model {_fmt_s(_float(row.get('predicted_outage_s')))}, "
+        f"{row.get('predicted_mechanism', '')})",
+        fontsize=9,
+        loc="left",
+    )
+
+    rtx = [
+        r
+        for r in read_csv(trial_dir / "retransmits.csv")
+        if r.get("kind") in ("tlp", "rto", "fast") and r.get("dir", "out") == "out"
+    ]
+    for kind, marker in (("tlp", "^"), ("rto", "o"), ("fast", "x")):
+        pts = [(float(r["t_s"]), _float(r["gap_s"]) or 0.0) for r in rtx if r["kind"] == kind]
+        if pts:
+            ax_r.scatter(*zip(*pts, strict=True), marker=marker, label=kind, s=22)
+            for t, gap in pts:
+                ax_r.annotate(
+                    f"{gap:.2f}s", (t, gap), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                )
+    if rtx:
+        ax_r.set_yscale("log")
+        ax_r.legend(fontsize=7, loc="upper left")
+    ax_r.set_ylabel("retransmission gap (s)")
+
+    socks = [r for r in read_csv(trial_dir / "sockets.csv") if r.get("state") != "none"]
+    by_conn: dict[str, list[dict[str, str]]] = {}
+    for r in socks:
+        by_conn.setdefault(r["local"], []).append(r)
+    for local, rows in by_conn.items():
+        t = [float(r["t_s"]) for r in rows]
+        ax_s.step(
+            t, [_float(r["retrans"]) or 0 for r in rows], where="post", label=f"{local} retrans"
+        )
+        ax_s.plot(
+            t,
+            [_float(r["timer_left_s"]) or 0 for r in rows],
+            ls=":",
+            lw=1,
+            label=f"{local} timer left (s)",
+        )
+    if by_conn:
+        ax_s.legend(fontsize=6, loc="upper left")
+    ax_s.set_ylabel("client socket")
+    ax_s.set_xlabel("seconds from the trial start")
+    fig.tight_layout()
+    path = trial_dir / "timeline.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
 def make_report(run_dir: Path) -> list[Path]:
     rows = read_run(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    return [plot_timelines(run_dir, rows, out), plot_predicted_vs_measured(rows, out)]
+    paths = [plot_timelines(run_dir, rows, out), plot_predicted_vs_measured(rows, out)]
+    paths += [plot_trial(run_dir / r["trial"], r) for r in rows]
+    return paths
 
 
 # --- comparison ------------------------------------------------------------------------------
@@ -153,8 +248,11 @@ def regressed(a: float | None, b: float | None, rel_tol: float, abs_tol: float) 
 
 
 def compare(
-    run_a: Path, run_b: Path, metric: str = "measured_outage_s",
-    rel_tol: float = 0.10, abs_tol: float = 0.5,
+    run_a: Path,
+    run_b: Path,
+    metric: str = "measured_outage_s",
+    rel_tol: float = 0.10,
+    abs_tol: float = 0.5,
 ) -> tuple[list[Change], list[str]]:
     """Per trial present in both runs: each compared metric; only `metric` can regress."""
     if metric not in COMPARED:
@@ -167,8 +265,9 @@ def compare(
     for trial in (t for t in a_rows if t in b_rows):
         for m in COMPARED:
             a, b = _float(a_rows[trial].get(m)), _float(b_rows[trial].get(m))
-            changes.append(Change(trial, m, a, b,
-                                  m == metric and regressed(a, b, rel_tol, abs_tol)))
+            changes.append(
+                Change(trial, m, a, b, m == metric and regressed(a, b, rel_tol, abs_tol))
+            )
     return changes, notes
 
 

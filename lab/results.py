@@ -22,11 +22,11 @@ from lab.trial import TrialResult
 TIMELINE_COLUMNS = [
     "t_s", "tps", "qps", "reads", "writes", "other", "lat_p95_ms", "err_per_s", "reconn_per_s",
 ]
-SUMMARY_LEAD = ["trial", "backend", "driver", "lb", "fault"]
-SUMMARY_TAIL = [
-    "predicted_outage_s", "predicted_mechanism", "measured_outage_s", "detect_s", "recover_s",
-    "errors", "reconnects", "verdict",
-]
+# summary column <- evidence fact (the first blackholed flow; empty without a capture)
+EVIDENCE_COLUMNS = {
+    "retrans_count": "bh.count", "tlp": "bh.tlp", "first_rto_s": "bh.first_rto_s",
+    "last_gap_s": "bh.last_gap_s", "retrans_missing": "retrans.missing",
+}
 
 
 def _r(x: float | None, nd: int = 3) -> float | str:
@@ -69,6 +69,7 @@ def trial_record(result: TrialResult) -> dict[str, Any]:
                      "reconnects": result.reconnects},
         "verdict": result.verdict,
         "facts": result.facts,
+        "evidence": result.evidence,
     }
 
 
@@ -89,8 +90,11 @@ def summary_row(result: TrialResult) -> dict[str, Any]:
         "recover_s": _r(result.recover_s),
         "errors": result.errors,
         "reconnects": result.reconnects,
-        "verdict": result.verdict,
     })
+    for column, fact in EVIDENCE_COLUMNS.items():
+        value = result.evidence.get(fact)
+        row[column] = "" if value is None else (_r(value) if isinstance(value, float) else value)
+    row["verdict"] = result.verdict
     return row
 
 

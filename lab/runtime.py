@@ -10,6 +10,7 @@ under STATE_DIR that record the owner's pid, so a slot of a killed run is reclai
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -89,25 +90,23 @@ def _slot_file(slot: int) -> Path:
 
 
 def _claim_slot(run_id: str) -> int:
+    """The lowest slot no live run holds. The whole claim runs under an flock, so two runs
+    starting at once cannot both read a half-written slot file as stale and share a slot."""
     slots = STATE_DIR / "slots"
     slots.mkdir(parents=True, exist_ok=True)
-    for slot in range(MAX_SLOTS):
-        path = _slot_file(slot)
-        for _attempt in range(2):
+    with open(slots / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for slot in range(MAX_SLOTS):
+            path = _slot_file(slot)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                try:
-                    owner = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    owner = {"pid": -1}
-                if owner.get("pid", -1) > 0 and pid_alive(owner["pid"]):
-                    break  # taken by a live run
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # stale: its run was killed
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "run_id": run_id}, f)
+                owner = json.loads(path.read_text())
+            except FileNotFoundError:
+                owner = None
+            except (OSError, ValueError):
+                owner = {"pid": -1}  # unreadable: its writer died mid-write (under the lock)
+            if owner is not None and owner.get("pid", -1) > 0 and pid_alive(owner["pid"]):
+                continue  # taken by a live run
+            path.write_text(json.dumps({"pid": os.getpid(), "run_id": run_id}))
             return slot
     raise LabError(
         f"all {MAX_SLOTS} address slots are in use by live runs",

@@ -106,6 +106,8 @@ class TrialSettings(Section):
     deadline_s: PosFloat = 60.0
     # keep the load running this long after recovery (to show qps > 0 after)
     after_s: Annotated[float, Field(ge=0)] = 3.0
+    # packet capture + socket/conntrack snapshots (lab.capture); off saves disk on big matrices
+    capture: bool = True
     client: ClientSettings = ClientSettings()
     lb: LbSettings = LbSettings()
     load: LoadSettings = LoadSettings()

@@ -23,6 +23,8 @@ from typing import Any
 from lab import backends as backends_
 from lab import faults, lb, model
 from lab.backends.base import Backend
+from lab.capture import to_wall
+from lab.capture.evidence import Evidence
 from lab.lb.base import LbOptions, RealServer
 from lab.load.base import DriverProcess, sysbench_line
 from lab.runtime import new_run
@@ -67,6 +69,7 @@ class TrialResult:
     samples: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic t, ev, det)
     facts: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)  # capture facts (lab.capture)
 
     @property
     def measured_outage_s(self) -> float | None:
@@ -128,10 +131,17 @@ def run_trial(
         balancer.add_real_server(servers[0])
         result.facts = {"run_id": run.run_id, "subnet": str(run.subnet), "vip": str(vip)}
 
-        status.phase = "warming up"
+        # the trial clock starts here; evidence starts before the load so the pcap has the SYNs
         result.t0 = status.started = time.monotonic()
+        evidence: Evidence | None = None
+        if settings.capture:
+            evidence = Evidence(net["client"], net["lb"], str(vip), settings.lb.port, out_dir,
+                                load=settings.load.shape, t0=to_wall(result.t0))
+            evidence.start()
+            teardown.callback(evidence.close)
+        status.phase = "warming up"
         result.event("load_start", f"{settings.load.driver} x{settings.load.threads} -> "
-                     f"{vip}:{settings.lb.port}", result.t0)
+                     f"{vip}:{settings.lb.port}")
         driver = DriverProcess(
             net["client"],
             f"lab.load.{settings.load.driver}",
@@ -155,6 +165,8 @@ def run_trial(
         driver.stop()
         result.samples = list(driver.output.samples)
         _collect_driver_events(result, driver)
+        if evidence is not None:
+            result.evidence = evidence.stop().facts()
     status.phase = "done"
     return result
 
@@ -194,16 +206,20 @@ def _observe(
         if not driver.alive():
             raise RuntimeError(f"load driver exited early (code {driver.proc.returncode})")
         if result.fault_t is None and now >= fault_at:
+            # The fault instant is when the action starts (errors count from here); recovery
+            # counts only transactions started once it is fully in place (the driver's mark),
+            # so one that slipped through while nft was applying the rules is not "recovery".
             status.phase = "fault"
-            start = time.monotonic()
-            detail, followups = faults.inject(settings.fault, target)
             result.fault_t = time.monotonic()
-            driver.mark_fault(result.fault_t)
-            result.event("fault", f"{settings.fault.kind}: {detail}", start)
-            result.event("fault_applied", f"took {1000 * (result.fault_t - start):.1f} ms")
+            detail, followups = faults.inject(settings.fault, target)
+            applied = time.monotonic()
+            driver.mark_fault(applied)
+            result.event("fault", f"{settings.fault.kind}: {detail}", result.fault_t)
+            result.event("fault_applied", f"took {1000 * (applied - result.fault_t):.1f} ms",
+                         applied)
             status.fault_t = result.fault_t
             status.phase = "outage"
-            pending = [(result.fault_t + f.delay_s, f) for f in followups]
+            pending = [(applied + f.delay_s, f) for f in followups]
         for item in [p for p in pending if p[0] <= now]:
             pending.remove(item)
             item[1].action()
