@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 LAB := $(VENV)/bin/lab
-APT_PACKAGES := mariadb-server mariadb-client nftables tcpdump iproute2 conntrack procps sysbench
+APT_PACKAGES := mariadb-server mariadb-client nftables tcpdump iproute2 conntrack procps sysbench nginx-light haproxy gcc libc6-dev
 SCENARIO ?= scenarios/seed-lvs-mysql.toml
 PYTEST_ARGS ?=
 

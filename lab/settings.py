@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
@@ -59,17 +59,26 @@ class ClientSettings(Section):
 
 
 class LbSettings(Section):
-    engine: Literal["auto", "nft", "ipvs"] = "auto"
+    engine: Literal["auto", "nft", "ipvs", "proxy"] = "auto"
     port: Annotated[int, Field(ge=1, le=65535)] = 3001
     # IPVS semantics: 0 = packets of connections to a removed real server are dropped silently;
     # 1 = the connection is expired and the client gets a reset.
     expire_nodest_conn: Literal[0, 1] = 0
     # connection drain: after a real server is removed, wait this long, then reset what is left
     drain_timeout_s: Annotated[float, Field(ge=0)] | None = None
+    # engine "proxy" only, other engines ignore them (HAProxy, mode tcp; lab.lb.proxy).
+    # `timeout server`: None = not set, HAProxy then waits forever and only the lb kernel's
+    # tcp_retries2 ends a dead session
+    proxy_timeout_server_s: PosFloat | None = None
+    # `check inter <proxy_check_inter_s> fall <proxy_check_fall>` + on-marked-down
+    # shutdown-sessions: the proxy's own health check closes a dead server's sessions
+    proxy_health_check: bool = False
+    proxy_check_inter_s: PosFloat = 2.0
+    proxy_check_fall: Annotated[int, Field(ge=1, le=100)] = 3
 
 
 class LoadSettings(Section):
-    driver: Literal["oltp"] = "oltp"
+    driver: Literal["oltp", "http", "sysbench"] = "oltp"
     threads: Annotated[int, Field(ge=1, le=64)] = 1
     tables: Annotated[int, Field(ge=1, le=64)] = 4
     table_size: Annotated[int, Field(ge=10, le=1_000_000)] = 1000
@@ -77,6 +86,9 @@ class LoadSettings(Section):
     # transactions (the fault hits an idle connection, then the app uses it)
     shape: Literal["busy", "idle"] = "busy"
     idle_s: PosFloat = 5.0
+    # sysbench driver only: LD_PRELOAD lab/load/sbfix (mysql_init after mysql_close) so that
+    # sysbench 1.0.20 reconnects in-process instead of segfaulting (akopytov/sysbench#527)
+    sysbench_reconnect_fix: bool = False
 
 
 class FaultSettings(Section):
@@ -101,7 +113,7 @@ class TrialSettings(Section):
     """One trial: everything needed to build, load, break and observe it."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,=+-]{1,120}$")] = "trial"
-    backend: Literal["mariadb"] = "mariadb"
+    backend: Literal["mariadb", "nginx"] = "mariadb"
     # stop observing this long after the fault if the service has not recovered
     deadline_s: PosFloat = 60.0
     # keep the load running this long after recovery (to show qps > 0 after)
@@ -112,6 +124,33 @@ class TrialSettings(Section):
     lb: LbSettings = LbSettings()
     load: LoadSettings = LoadSettings()
     fault: FaultSettings = FaultSettings()
+
+    # which load drivers speak each backend's protocol
+    DRIVERS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "mariadb": ("oltp", "sysbench"), "nginx": ("http",),
+    }
+    # what the real sysbench 1.0.20 binary cannot do (it sets no socket option and no
+    # MYSQL_OPT_*_TIMEOUT, shared/docs/tcp-facts.md 9.2; --rate is an integer tps)
+    SYSBENCH_UNSUPPORTED: ClassVar[tuple[str, ...]] = (
+        "tcp_user_timeout_ms", "so_keepalive", "tcp_keepidle", "tcp_keepintvl", "tcp_keepcnt",
+        "read_timeout_s", "write_timeout_s",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrialSettings:
+        """Reject combinations no part of the lab can run, naming the keys to change."""
+        if self.load.driver not in self.DRIVERS[self.backend]:
+            raise ValueError(
+                f"load.driver={self.load.driver!r} cannot talk to backend={self.backend!r}; "
+                f"use load.driver in {self.DRIVERS[self.backend]}")
+        if self.load.driver == "sysbench":
+            if self.load.shape != "busy":
+                raise ValueError("load.driver='sysbench' supports only load.shape='busy'")
+            bad = [k for k in self.SYSBENCH_UNSUPPORTED if getattr(self.client, k) is not None]
+            if bad:
+                raise ValueError(f"sysbench 1.0.20 cannot apply client.{bad[0]}; use the oltp "
+                                 "driver, or the client.tcp_* namespace sysctls")
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Every setting as a dotted key (the summary.csv columns)."""

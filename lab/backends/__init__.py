@@ -6,6 +6,7 @@ import ipaddress
 
 from lab.backends.base import Backend
 from lab.backends.mariadb import MariaDBServer
+from lab.backends.nginx import NginxServer
 from lab.settings import TrialSettings
 from lab.topology import Host
 
@@ -18,4 +19,6 @@ def make(settings: TrialSettings, host: Host, address: ipaddress.IPv4Address) ->
         return MariaDBServer(
             host, address, tables=settings.load.tables, table_size=settings.load.table_size
         )
+    if settings.backend == "nginx":
+        return NginxServer(host, address)
     raise ValueError(f"unknown backend {settings.backend!r}")

@@ -1,6 +1,7 @@
 """Load-balancer engines behind one interface (lab.lb.base.LoadBalancer).
 
 `auto` picks real IPVS when the kernel has it, else the nftables emulation, and says which.
+`proxy` (HAProxy, a layer-4/7 proxy rather than a packet forwarder) is only used on request.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from pathlib import Path
 from lab.errors import LabError
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
 from lab.lb.nft import NftLoadBalancer
+from lab.lb.proxy import ProxyLoadBalancer, haproxy_binary
+from lab.settings import LbSettings
 from lab.topology import Host
 
 __all__ = ["Connection", "LbOptions", "LoadBalancer", "RealServer", "choose_engine", "make"]
 
-ENGINES: dict[str, type[LoadBalancer]] = {"nft": NftLoadBalancer}
+ENGINES: dict[str, type[LoadBalancer]] = {"nft": NftLoadBalancer, "proxy": ProxyLoadBalancer}
 
 
 def kernel_has_ipvs() -> bool:
@@ -34,6 +37,8 @@ def choose_engine(requested: str) -> tuple[str, str]:
             "lb engine 'ipvs' needs a kernel with IP_VS, this one has none",
             "use lb.engine=nft (or auto), or run the lab in the VM ('make vm-test')",
         )
+    if requested == "proxy":
+        haproxy_binary()  # LabError with the fix if it is missing
     if requested not in ENGINES:
         raise LabError(
             f"lb engine {requested!r} is not available here",
@@ -43,6 +48,10 @@ def choose_engine(requested: str) -> tuple[str, str]:
 
 
 def make(
-    engine: str, host: Host, vip: ipaddress.IPv4Address, port: int, options: LbOptions
+    engine: str, host: Host, vip: ipaddress.IPv4Address, port: int, options: LbOptions,
+    settings: LbSettings | None = None,
 ) -> LoadBalancer:
+    """An engine instance; `settings` carries engine-specific keys (lb.proxy_*)."""
+    if engine == "proxy":
+        return ProxyLoadBalancer(host, vip, port, options, settings)
     return ENGINES[engine](host, vip, port, options)

@@ -1,0 +1,210 @@
+"""The `http` driver: HTTP/1.1 keep-alive requests on long-lived connections.
+
+    python -m lab.load.http CONFIG_JSON      (started by DriverProcess in the client namespace)
+
+What a pooled HTTP client (urllib3, requests, a Java/Go pool) does against the article's
+LVS + NGINX: each of `load.threads` threads owns one persistent HTTP/1.1 connection and sends
+GET requests on it in a loop (busy: back to back; idle: `load.idle_s` apart). When the
+connection fails (timeout, reset, EOF, a malformed answer) the thread drops it, reports one
+`error` event and opens a new one, retrying every RECONNECT_PAUSE_S, then reports `reconnect`.
+A non-2xx answer is counted as an error but the connection is kept (the server still talks).
+
+The worker threads, the per-second accounting, the fault mark and the stdin/stdout protocol
+are lab.load.oltp's (subclassed, not copied), so both drivers behave the same around the
+requests: same `ready`/`sample`/`event` records, same `connected` event with the socket
+options read back from the kernel, same recovery rule. Counting: one request = one
+transaction = one query = one read (tps = qps = reads, writes = other = 0).
+
+Socket options and timeouts are applied exactly as oltp does: `connect_timeout_s` bounds the
+TCP connect; right after connect, oltp's `apply_sockopts` sets TCP_USER_TIMEOUT and the
+keepalive options; `write_timeout_s` / `read_timeout_s` become the socket timeout before each
+send / each response read (None: block, like urllib3's default). Unlike PyMySQL, http.client
+leaves SO_KEEPALIVE off (urllib3's default socket options are just TCP_NODELAY), so
+`so_keepalive=None` means no keepalive here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import queue
+import sys
+import time
+from typing import Any
+
+from lab.load import oltp
+from lab.load.oltp import (
+    RECONNECT_PAUSE_S,
+    Clock,
+    FaultMark,
+    OltpConfig,
+    Target,
+    apply_sockopts,
+    emit_event,
+)
+from lab.settings import ClientSettings, LoadSettings
+
+
+class HttpTarget(Target):
+    """host:port plus the request path; the inherited MySQL credentials are ignored."""
+
+    port: int = 80
+    path: str = "/"
+
+
+class HttpConfig(OltpConfig):
+    """The CONFIG_JSON argument: the same shape as oltp's (target, client, load)."""
+
+    target: HttpTarget
+
+
+def make_config(host: str, port: int, client: ClientSettings, load: LoadSettings,
+                path: str = "/") -> dict[str, Any]:
+    """Trial side: the config dict for DriverProcess(host, "lab.load.http", config, ...)."""
+    return HttpConfig(target=HttpTarget(host=host, port=port, path=path), client=client,
+                      load=load).model_dump(mode="json")
+
+
+class _Connection(http.client.HTTPConnection):
+    """http.client's connection, but the connect timeout covers only the connect: afterwards
+    the socket blocks unless read/write timeouts are configured (set per operation)."""
+
+    def connect(self) -> None:
+        super().connect()  # create_connection(timeout=connect_timeout_s), TCP_NODELAY
+        assert self.sock is not None
+        self.sock.settimeout(None)
+
+
+def error_detail(exc: BaseException) -> str:
+    """'TimeoutError: [Errno 110] Connection timed out', 'ConnectionResetError: [Errno 104]
+    Connection reset by peer', 'RemoteDisconnected: Remote end closed connection ...'."""
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+class HttpError(Exception):
+    """A complete answer that is not 2xx (the connection itself is fine)."""
+
+
+class HttpWorker(oltp.Worker):
+    """One client thread: one keep-alive connection, requests in a loop."""
+
+    def __init__(self, index: int, cfg: HttpConfig, clock: Clock, fault: FaultMark,
+                 ready: queue.Queue[tuple[str, Any]]) -> None:
+        super().__init__(index, cfg, clock, fault, ready)
+        self.name = f"http-{index}"
+        self.http_cfg = cfg
+        self.http: _Connection | None = None
+        self.last_body = ""
+
+    # connections
+    def _open(self) -> _Connection:
+        t, c = self.http_cfg.target, self.cfg.client
+        conn = _Connection(t.host, t.port, timeout=c.connect_timeout_s)
+        try:
+            conn.connect()
+            sock = conn.sock
+            assert sock is not None
+            opts = apply_sockopts(sock, c)
+            local = "{}:{}".format(*sock.getsockname()[:2])
+            peer = "{}:{}".format(*sock.getpeername()[:2])
+        except OSError:
+            conn.close()
+            raise
+        emit_event("connected", self.index,
+                   f"local={local} peer={peer} " + " ".join(f"{k}={v}" for k, v in opts.items()),
+                   sockopts=opts, local=local)
+        return conn
+
+    def _connect(self, after_error: bool) -> None:
+        """Connect, retrying every RECONNECT_PAUSE_S (a pool refilling itself)."""
+        started = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self.http = self._open()
+                break
+            except OSError as exc:
+                if attempts == 1:
+                    now = time.monotonic()
+                    emit_event("error", self.index, f"{error_detail(exc)} (connect)", now)
+                    self._count(now, error=True)
+                time.sleep(RECONNECT_PAUSE_S)
+        if after_error:
+            now = time.monotonic()
+            self._count(now, reconnect=True)
+            emit_event("reconnect", self.index,
+                       f"after {attempts} attempt(s) in {1000 * (now - started):.0f} ms", now)
+
+    def _drop_connection(self) -> None:
+        if self.http is not None:
+            with contextlib.suppress(Exception):
+                self.http.close()
+            self.http = None
+
+    # one request
+    def _request(self) -> str:
+        conn = self.http
+        assert conn is not None and conn.sock is not None
+        c = self.cfg.client
+        conn.sock.settimeout(c.write_timeout_s)
+        conn.request("GET", self.http_cfg.target.path)
+        conn.sock.settimeout(c.read_timeout_s)
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace").strip()
+        if resp.will_close:  # the server ends keep-alive: a pool opens a new connection
+            self._drop_connection()
+        if not 200 <= resp.status < 300:
+            raise HttpError(f"HTTP {resp.status} {resp.reason}: {body[:80]}")
+        return body
+
+    def _transaction(self) -> bool:
+        if self.http is None:  # closed by the server after its last answer
+            self._connect(after_error=False)
+        start = time.monotonic()
+        try:
+            self.last_body = self._request()
+        except HttpError as exc:
+            now = time.monotonic()
+            self._count(now, error=True)
+            emit_event("error", self.index, str(exc), now)
+            return False
+        except (OSError, http.client.HTTPException) as exc:
+            now = time.monotonic()
+            self._count(now, error=True)
+            emit_event("error", self.index, error_detail(exc), now)
+            self._drop_connection()
+            self._connect(after_error=True)
+            return False
+        end = time.monotonic()
+        self._count(end, r=1, txn_latency=end - start)
+        with self.lock:
+            self.recent_ok.append((start, end))
+        self._check_recovered(start, end)
+        if not self.was_ready:
+            self.was_ready = True
+            self.ready_q.put(("ready", self.index))
+        return True
+
+
+class HttpDriver(oltp.Driver):
+    """oltp's main loop (stdin commands, per-second samples) over HttpWorkers."""
+
+    def __init__(self, cfg: HttpConfig) -> None:
+        super().__init__(cfg)
+        self.workers = [HttpWorker(i, cfg, self.clock, self.fault, self.q)
+                        for i in range(cfg.load.threads)]
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2:
+        sys.stderr.write("usage: python -m lab.load.http CONFIG_JSON\n")
+        sys.exit(2)
+    cfg = HttpConfig.model_validate(json.loads(argv[1]))
+    HttpDriver(cfg).run()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

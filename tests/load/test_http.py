@@ -1,0 +1,150 @@
+"""The http driver against a real nginx: protocol, keep-alive, socket options and timeouts,
+and its reconnect when the server hangs or dies (real namespaces, no mocks)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.backends.nginx import NginxServer
+from lab.load.base import DriverProcess
+from lab.load.http import HttpConfig, make_config
+from lab.settings import ClientSettings, LoadSettings
+from lab.topology import Network
+
+SYSBENCH_LINE = re.compile(
+    r"^\[ (\d+)s \] thds: (\d+) tps: ([\d.]+) qps: ([\d.]+) \(r/w/o: ([\d.]+)/([\d.]+)/([\d.]+)\)"
+    r" lat \(ms,(\d+)%\): ([\d.]+) err/s: ([\d.]+) reconn/s: ([\d.]+)$")
+
+
+def test_config_takes_what_the_trial_passes() -> None:
+    # the trial sends {"target": {host, port, **backend.client_params()}, "client", "load"}
+    cfg = HttpConfig.model_validate({"target": {"host": "198.18.0.100", "port": 3001,
+                                                "path": "/"},
+                                     "client": {"read_timeout_s": 2}, "load": {"threads": 3}})
+    assert (cfg.target.port, cfg.target.path, cfg.load.threads) == (3001, "/", 3)
+    again = HttpConfig.model_validate(make_config("10.0.0.1", 80, ClientSettings(),
+                                                  LoadSettings(driver="http")))
+    assert again.target.host == "10.0.0.1" and again.load.driver == "http"
+
+
+@pytest.fixture
+def server(network: Network) -> Iterator[NginxServer]:
+    db = network["db"]
+    s = NginxServer(db, db.address_towards("client"))
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def start_driver(network: Network, server: NginxServer, tmp_path: Path, client: ClientSettings,
+                 threads: int = 1) -> DriverProcess:
+    config = make_config(str(server.address), server.port, client,
+                         LoadSettings(driver="http", threads=threads))
+    driver = DriverProcess(network["client"], "lab.load.http", config, tmp_path / "driver.log")
+    driver.wait_ready(15)
+    return driver
+
+
+def wait_for(driver: DriverProcess, pred: Callable[[dict[str, Any]], bool],
+             timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ev in list(driver.output.events):
+            if pred(ev):
+                return ev
+        time.sleep(0.01)
+    raise AssertionError(f"no matching event in {timeout}s; events: {driver.output.events}")
+
+
+def events(driver: DriverProcess, name: str) -> list[dict[str, Any]]:
+    return [e for e in driver.output.events if e["event"] == name]
+
+
+@pytest.mark.root
+def test_keepalive_connections_samples_and_socket_options(
+    network: Network, server: NginxServer, tmp_path: Path
+) -> None:
+    client = ClientSettings(tcp_user_timeout_ms=3000, so_keepalive=True, tcp_keepidle=30,
+                            tcp_keepintvl=5, tcp_keepcnt=4)
+    driver = start_driver(network, server, tmp_path, client, threads=2)
+    try:
+        time.sleep(2.3)
+        # one long-lived connection per thread: nginx sees exactly two, after thousands of
+        # requests
+        est = network["db"].run(["ss", "-Htn", "state", "established", "sport", "= :80"]).stdout
+        assert len(est.splitlines()) == 2
+    finally:
+        assert driver.stop() == 0
+    connected = events(driver, "connected")
+    assert len(connected) == 2
+    for ev in connected:
+        assert ev["sockopts"] == {"TCP_USER_TIMEOUT": 3000, "SO_KEEPALIVE": 1,
+                                  "TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 4,
+                                  "TCP_NODELAY": 1}
+    full = [s for s in driver.output.samples if s["interval_s"] == 1.0]
+    assert len(full) >= 2 and all(s["tps"] > 100 for s in full)
+    for s in driver.output.samples:
+        assert s["qps"] == s["reads"] == s["tps"] and s["writes"] == s["other"] == 0
+        assert s["errors"] == s["reconnects"] == 0 and s["threads"] == 2
+    lines = (tmp_path / "driver.log").read_text().splitlines()
+    assert lines and all(SYSBENCH_LINE.match(line) for line in lines)
+
+
+@pytest.mark.root
+def test_read_timeout_on_a_hung_server_then_recovery(
+    network: Network, server: NginxServer, tmp_path: Path
+) -> None:
+    driver = start_driver(network, server, tmp_path, ClientSettings(read_timeout_s=0.5))
+    pid = server.pid
+    assert pid is not None
+    try:
+        fault_t = time.monotonic()
+        driver.mark_fault(fault_t)
+        os.kill(pid, signal.SIGSTOP)  # the kernel still ACKs; no answer ever comes
+        err = wait_for(driver, lambda e: e["event"] == "error", 3)
+        assert err["detail"] == "TimeoutError: timed out"
+        assert 0.4 <= err["t"] - fault_t <= 1.0  # read_timeout_s, not a kernel timer
+        wait_for(driver, lambda e: e["event"] == "reconnect", 2)
+        os.kill(pid, signal.SIGCONT)
+        rec = wait_for(driver, lambda e: e["event"] == "recovered", 3)
+        assert rec["t"] > fault_t
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        driver.stop()
+
+
+@pytest.mark.root
+def test_killed_server_resets_then_the_pool_reconnects(
+    network: Network, server: NginxServer, tmp_path: Path
+) -> None:
+    driver = start_driver(network, server, tmp_path, ClientSettings())
+    pid = server.pid
+    assert pid is not None
+    try:
+        fault_t = time.monotonic()
+        driver.mark_fault(fault_t)
+        os.kill(pid, signal.SIGKILL)  # its kernel closes the sockets; nothing listens after
+        first = wait_for(driver, lambda e: e["event"] == "error", 3)
+        assert first["detail"].split(":")[0] in ("ConnectionResetError", "RemoteDisconnected",
+                                                 "BadStatusLine")
+        wait_for(driver, lambda e: e["detail"].endswith("(connect)"), 3)
+        time.sleep(0.3)  # many refused connects, one error event for the sequence
+        server.stop()
+        server.start()
+        rec = wait_for(driver, lambda e: e["event"] == "recovered", 5)
+        assert rec["t"] > fault_t
+    finally:
+        driver.stop()
+    after = [e for e in driver.output.events if e["t"] >= fault_t]
+    assert [e["event"] for e in after if e["event"] in ("error", "reconnect")] == [
+        "error", "error", "reconnect"]
