@@ -1,4 +1,5 @@
-"""`lab tm plan|predict|fit`: the traffic manager's logic on a state or samples file.
+"""`lab tm plan|predict|fit|live`: the traffic manager's logic on a state or samples file,
+and (`live`) its control loop on real traffic in the lab (lab.tm.live).
 
 The main CLI calls `register(subparsers)` and then `args.func(args)`; it also turns a LabError
 into its single error line, so the handlers here just raise it.
@@ -45,6 +46,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("samples_file", type=Path, metavar="SAMPLES_FILE", help="CSV with a header")
     p.add_argument("--slo-ms", type=float, default=20.0, metavar="MS", help="default: 20")
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser(
+        "live",
+        help="run the control loop on real traffic in the lab (sites, clients, lb; needs root)",
+        description="Run a live scenario (format: lab/tm/live/scenario.py) and print a summary.",
+    )
+    p.add_argument("scenario", type=Path, metavar="SCENARIO", help="scenarios/tm/live-*.toml")
+    p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
+                   help="results root; the run goes to DIR/<stamp>-<scenario> (default: results)")
+    p.add_argument("--quiet", action="store_true", help="do not print events as they happen")
+    p.set_defaults(func=cmd_live)
 
 
 def _sites_table(state: State, decision: shift.Decision) -> Table:
@@ -183,4 +195,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"{result.outliers} outliers dropped)",
         highlight=False,
     )
+    return 0
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    """Run a live scenario (and its no-controller comparison if it asks), print the bars."""
+    from lab.tm.live import report, runner, scenario
+
+    # (lab.cli.main makes pyroute2's forked helpers die of SIGTERM, see there)
+    scen = scenario.load(args.scenario)
+    out = runner.new_out_dir(args.out, scen.name)
+    console = Console()
+    console.print(f"run {out}: {scen.description or scen.name}", highlight=False)
+    results = runner.run_scenario(
+        scen, out, (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    )
+    for line in report.summary_lines(results):
+        print(line)
+    print(f"results: {out}/<mode>/ (events.csv, sites.csv, traffic.csv, timeline.png)")
     return 0
