@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -224,8 +225,18 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _plain_signals_in_forked_child() -> None:
+    """A forked helper (pyroute2 forks one per IPRoute(netns=...) and ends it with SIGTERM)
+    must die of SIGTERM, not raise KeyboardInterrupt into a copy of the lab's threads, where
+    it would hang for ever and its parent with it; and it leaves Ctrl-C to the parent, which
+    tears everything down and stops its helpers."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
+    os.register_at_fork(after_in_child=_plain_signals_in_forked_child)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

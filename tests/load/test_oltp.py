@@ -88,6 +88,10 @@ def test_sysbench_helpers() -> None:
     assert OltpConfig.model_validate(cfg).client.tcp_user_timeout_ms == 5
 
 
+# ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT, ER_DUP_ENTRY, ER_CHECKREAD
+COLLISION_CODES = {"1213", "1205", "1062", "1020"}
+
+
 @pytest.mark.root
 def test_samples_counts_and_socket_options(
     network: Network, server: MariaDBServer, tmp_path: Path
@@ -99,8 +103,16 @@ def test_samples_counts_and_socket_options(
     assert driver.stop() == 0
     full = [s for s in driver.output.samples if s["interval_s"] == 1.0]
     assert len(full) >= 3
+    # two threads on sysbench's hot rows sometimes collide (deadlock, or a duplicate key from
+    # the delete+insert pair): sysbench ignores those (1213 is in its default ignore list)
+    # and so does the driver, rolling back and going on without a reconnect
+    collisions = events(driver, "error")
+    assert all(e["detail"].split()[0] in COLLISION_CODES for e in collisions), collisions
+    assert not events(driver, "reconnect")
     for s in driver.output.samples:
-        assert s["threads"] == 2 and s["tps"] > 0 and s["errors"] == 0
+        assert s["threads"] == 2 and s["tps"] > 0 and s["reconnects"] == 0
+        if s["errors"]:
+            continue  # the rolled-back transaction's statements count, as in sysbench
         assert s["reads"] == pytest.approx(14 * s["tps"], abs=0.1)
         assert s["writes"] == pytest.approx(4 * s["tps"], abs=0.1)
         assert s["other"] == pytest.approx(2 * s["tps"], abs=0.1)
