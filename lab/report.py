@@ -87,6 +87,7 @@ def plot_timelines(run_dir: Path, rows: list[dict[str, str]], out: Path) -> Path
         ax.set_title(f"{row['trial']}  [{row['lb']}, {row['fault']}]", fontsize=9, loc="left")
         ax.set_ylabel("qps")
         ax.set_xlim(min(t, default=-1), max(t, default=1))
+        ax.set_ylim(bottom=0)  # an outage is qps 0: keep zero on the axis
         ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("seconds from the fault")
     fig.tight_layout()

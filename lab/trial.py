@@ -33,6 +33,8 @@ from lab.topology import Network, lvs_topology, lvs_vip
 
 READY_TIMEOUT_S = 30.0
 TICK_S = 0.05
+# idle load: the fault hits this long into the sleep (> TCP_DELACK_MAX = 200 ms)
+IDLE_QUIET_S = 0.5
 
 
 class Interrupted(Exception):
@@ -205,7 +207,8 @@ def _observe(
         now = time.monotonic()
         if not driver.alive():
             raise RuntimeError(f"load driver exited early (code {driver.proc.returncode})")
-        if result.fault_t is None and now >= fault_at:
+        if result.fault_t is None and now >= fault_at and _idle_phase_begun(
+                settings, driver, fault_at, now):
             # The fault instant is when the action starts (errors count from here); recovery
             # counts only transactions started once it is fully in place (the driver's mark),
             # so one that slipped through while nft was applying the rules is not "recovery".
@@ -219,6 +222,8 @@ def _observe(
                          applied)
             status.fault_t = result.fault_t
             status.phase = "outage"
+            if settings.load.shape == "idle":
+                _predict_idle(settings, result, driver)
             pending = [(applied + f.delay_s, f) for f in followups]
         for item in [p for p in pending if p[0] <= now]:
             pending.remove(item)
@@ -235,6 +240,40 @@ def _observe(
                     result.event("deadline", f"not recovered {settings.deadline_s:g}s after fault")
                 return
         time.sleep(TICK_S)
+
+
+def _last_idle_start(driver: DriverProcess, before: float) -> float | None:
+    """When thread 0 last started its idle sleep before `before` (an `idle` event)."""
+    starts = [e["t"] for e in list(driver.output.events)
+              if e["event"] == "idle" and e.get("thread", 0) == 0 and e["t"] <= before]
+    return max(starts) if starts else None
+
+
+def _idle_phase_begun(
+    settings: TrialSettings, driver: DriverProcess, fault_at: float, now: float
+) -> bool:
+    """Idle load: hold the fault until the connection has been idle IDLE_QUIET_S (an `idle`
+    event at or after fault_at, that long ago), so it hits a quiet connection, as it hits an
+    idle pooled one. Sooner, the client's delayed ACK of the last answer would be dropped,
+    and the server's retransmissions of that answer would keep resetting the client's
+    keepalive clock (measured: keepalive then never fires before the next query).
+    A driver that never reports one gets the fault anyway, one idle period late."""
+    if settings.load.shape != "idle":
+        return True
+    started = _last_idle_start(driver, now)
+    return (started is not None and started >= fault_at and now >= started + IDLE_QUIET_S) or (
+        now >= fault_at + settings.load.idle_s + 1.0)
+
+
+def _predict_idle(settings: TrialSettings, result: TrialResult, driver: DriverProcess) -> None:
+    """Re-predict with how long the connection had really been idle at the fault."""
+    assert result.fault_t is not None
+    started = _last_idle_start(driver, result.fault_t)
+    if started is None:
+        return
+    elapsed = result.fault_t - started
+    result.facts["idle_elapsed_s"] = round(elapsed, 4)
+    result.prediction = model.predict(settings, idle_elapsed_s=elapsed)
 
 
 def _collect_driver_events(result: TrialResult, driver: DriverProcess) -> None:

@@ -17,6 +17,9 @@ stdout (driver -> trial)
                        failed connects while reconnecting: one per sequence, "...(connect)"
           "reconnect"  a new connection after an error succeeded
           "recovered"  the first transaction *started* after the fault mark that succeeded
+          "idle"       (load.shape "idle", drivers that support it) a thread starts its
+                       idle_s sleep after a good transaction: the trial times the fault
+                       from it, so the model knows how long the connection had been idle
   samples also carry "interval_s" (1.0; the last, partial one printed on stop is shorter,
   its counts still per second)
 stdin (trial -> driver)

@@ -25,6 +25,8 @@ Beyond lab.load.base's protocol the driver adds, for inspection:
     socket options read back with getsockopt, also as a dict under "sockopts";
   * "interval_s" in every sample (1.0, except the last, partial one printed on stop; its
     counts are still per second, i.e. divided by interval_s);
+  * load.shape "idle": an `event` "idle" each time a thread starts its idle_s sleep after a
+    successful transaction (the trial injects an idle-connection fault right after one);
   * connect failures while reconnecting: one `error` event per reconnect sequence (detail
     ends in "(connect)"), not one per attempt.
 """
@@ -410,7 +412,8 @@ class Worker(threading.Thread):
                     f"({row_id}, {k}, '{rng.c_value()}', '{rng.pad_value()}')")
         yield "o", "COMMIT"
 
-    def _transaction(self) -> None:
+    def _transaction(self) -> bool:
+        """One transaction; False if it failed (and the connection was replaced if lost)."""
         assert self.conn is not None
         start = time.monotonic()
         done = {"r": 0, "w": 0, "o": 0}
@@ -431,7 +434,7 @@ class Worker(threading.Thread):
             if lost:
                 self._drop_connection()
                 self._connect(after_error=True)
-            return
+            return False
         end = time.monotonic()
         self._count(end, r=done["r"], w=done["w"], o=done["o"], txn_latency=end - start)
         with self.lock:
@@ -440,6 +443,7 @@ class Worker(threading.Thread):
         if not self.was_ready:
             self.was_ready = True
             self.ready_q.put(("ready", self.index))
+        return True
 
     def _check_recovered(self, start: float, end: float) -> None:
         f = self.fault
@@ -466,8 +470,11 @@ class Worker(threading.Thread):
             self._connect(after_error=False)
             idle = self.cfg.load.shape == "idle"
             while True:
-                self._transaction()
-                if idle:
+                # idle: sleep after a good transaction only; a failed one is retried at once
+                # on the new connection, as an application retries its request
+                if self._transaction() and idle:
+                    # the trial times an idle-connection fault from this instant
+                    emit_event("idle", self.index, f"sleeping {self.cfg.load.idle_s:g}s")
                     time.sleep(self.cfg.load.idle_s)
         except BaseException:  # a bug, not a network error: die loudly, the trial sees EOF
             traceback.print_exc()
