@@ -44,6 +44,8 @@ lint: venv
 
 bench: setup
 	$(PY) benchmarks/bench_trial_setup.py
+	$(PY) benchmarks/bench_matrix.py
+	$(PY) benchmarks/bench_drivers.py
 
 clean: venv
 	$(LAB) clean

@@ -96,6 +96,7 @@ def run_trial(
     on_line: Callable[[str], None] | None = None,
 ) -> TrialResult:
     """Run one trial and return its result; out_dir receives the driver log."""
+    started_at = time.monotonic()
     stop = stop or threading.Event()
     status = status or TrialStatus(settings.name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +171,8 @@ def run_trial(
         if evidence is not None:
             result.evidence = evidence.stop().facts()
     status.phase = "done"
+    # build to torn down: what the trial costs a matrix (benchmarks/bench_matrix.py)
+    result.facts["wall_s"] = round(time.monotonic() - started_at, 3)
     return result
 
 

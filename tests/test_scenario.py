@@ -20,9 +20,17 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_seed_scenario_loads() -> None:
     s = scenario.load(ROOT / "scenarios" / "seed-lvs-mysql.toml")
-    assert [t.name for t in s.trials] == ["retries2-15", "retries2-5"]
-    assert [t.client.tcp_retries2 for t in s.trials] == [15, 5]
-    assert all(t.fault.kind == "switchover" and t.lb.expire_nodest_conn == 0 for t in s.trials)
+    by_name = {t.name: t for t in s.trials}
+    assert list(by_name)[:2] == ["retries2-15", "retries2-5"]  # the article's pair first
+    assert [t.client.tcp_retries2 for t in s.trials[:2]] == [15, 5]
+    assert all(t.fault.kind == "switchover" for t in s.trials)
+    # every fix the article names, each alone on top of the defaults
+    assert by_name["user-timeout-5s"].client.tcp_user_timeout_ms == 5000
+    assert by_name["read-timeout-10s"].client.read_timeout_s == 10
+    assert by_name["idle-keepalive"].load.shape == "idle"
+    assert by_name["idle-keepalive"].client.so_keepalive is True
+    assert by_name["drain-10s"].lb.drain_timeout_s == 10
+    assert [t.name for t in s.trials if t.lb.expire_nodest_conn == 1] == ["expire-nodest-conn"]
 
 
 def test_every_scenario_file_loads() -> None:

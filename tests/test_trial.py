@@ -25,11 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVER_NAMES = ("mariadbd", "mysqld")
 
 
-def leftovers() -> tuple[str, str]:
+def snapshot() -> tuple[set[str], set[str]]:
+    """The lab's namespaces and the server processes that exist now."""
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     procs = subprocess.run(["pgrep", "-a", "-x", "|".join(SERVER_NAMES)], capture_output=True,
                            text=True).stdout
-    return "\n".join(n for n in ns.splitlines() if n.startswith("bhl-")), procs.strip()
+    return ({n.split()[0] for n in ns.splitlines() if n.startswith("bhl-")},
+            set(procs.strip().splitlines()))
+
+
+def leftovers(before: tuple[set[str], set[str]]) -> tuple[str, str]:
+    """What exists now and did not before: so a user's own lab run beside the tests (its
+    namespaces and servers) is not taken for a leak."""
+    ns, procs = snapshot()
+    return "\n".join(sorted(ns - before[0])), "\n".join(sorted(procs - before[1]))
 
 
 def host_sysctls() -> dict[str, str]:
@@ -51,27 +60,29 @@ def events(trial_dir: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, dict]]]:
     before = host_sysctls()
+    existing = snapshot()
     run_dir = tmp_path_factory.mktemp("ci-run")
     scen = scenario.load(ROOT / "scenarios" / "ci-short.toml")
     rows = MatrixRun(scen, run_dir).run()
-    yield run_dir, {r["trial"]: r for r in rows}
+    left = leftovers(existing)
+    yield run_dir, {r["trial"]: r for r in rows}, left
     assert host_sysctls() == before
 
 
 @pytest.mark.root
-def test_matrix_wrote_every_result_file(ci_run: tuple[Path, dict[str, dict]]) -> None:
-    run_dir, rows = ci_run
+def test_matrix_wrote_every_result_file(ci_run: tuple[Path, dict[str, dict], tuple]) -> None:
+    run_dir, rows, left = ci_run
     assert set(rows) == {"switchover-retries2-5", "switchover-expire-nodest-conn"}
     assert (run_dir / "run.json").exists() and (run_dir / "summary.csv").exists()
     for name in rows:
         for f in ("timeline.csv", "events.csv", "trial.json", "driver.log"):
             assert (run_dir / name / f).exists(), f"{name}/{f}"
-    assert leftovers() == ("", ""), "a finished run left namespaces or servers behind"
+    assert left == ("", ""), "a finished run left namespaces or servers behind"
 
 
 @pytest.mark.root
-def test_retries2_5_blackhole(ci_run: tuple[Path, dict[str, dict]]) -> None:
-    run_dir, rows = ci_run
+def test_retries2_5_blackhole(ci_run: tuple[Path, dict[str, dict], tuple]) -> None:
+    run_dir, rows, _ = ci_run
     row = rows["switchover-retries2-5"]
     outage = float(row["measured_outage_s"])
     print(f"tcp_retries2=5 switchover: measured outage {outage:.2f} s, "
@@ -94,8 +105,10 @@ def test_retries2_5_blackhole(ci_run: tuple[Path, dict[str, dict]]) -> None:
 
 
 @pytest.mark.root
-def test_expire_nodest_conn_recovers_fast(ci_run: tuple[Path, dict[str, dict]]) -> None:
-    run_dir, rows = ci_run
+def test_expire_nodest_conn_recovers_fast(
+    ci_run: tuple[Path, dict[str, dict], tuple]
+) -> None:
+    run_dir, rows, _ = ci_run
     row = rows["switchover-expire-nodest-conn"]
     outage = float(row["measured_outage_s"])
     print(f"expire_nodest_conn=1 switchover: measured outage {outage:.3f} s")
@@ -108,18 +121,19 @@ def test_expire_nodest_conn_recovers_fast(ci_run: tuple[Path, dict[str, dict]]) 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_mid_trial_tears_everything_down(tmp_path: Path, signum: int) -> None:
     before = host_sysctls()
+    existing = snapshot()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lab.cli", "run", str(ROOT / "scenarios" / "ci-short.toml"),
          "--set", "client.tcp_retries2=15", "--out", str(tmp_path), "--plain"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(12)  # well into the outage (fault at 5 s after load start)
     assert proc.poll() is None, proc.communicate()
-    assert leftovers()[0], "expected the running trial's namespaces"
+    assert leftovers(existing)[0], "expected the running trial's namespaces"
     proc.send_signal(signum)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err
-    assert leftovers() == ("", ""), f"{signum!r} left namespaces or servers behind"
+    assert leftovers(existing) == ("", ""), f"{signum!r} left namespaces or servers behind"
     assert host_sysctls() == before
 
 
@@ -130,8 +144,9 @@ def test_failed_trial_tears_everything_down(
     def broken(*args: object) -> None:
         raise RuntimeError("fault injection failed (test)")
 
+    existing = snapshot()
     monkeypatch.setattr(faults, "inject", broken)
     settings = TrialSettings.model_validate({"fault": {"at_s": 2}, "client": {"tcp_retries2": 5}})
     with pytest.raises(RuntimeError, match="fault injection failed"):
         run_trial(settings, tmp_path / "t")
-    assert leftovers() == ("", "")
+    assert leftovers(existing) == ("", "")
