@@ -40,7 +40,7 @@ from __future__ import annotations
 import difflib
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from fractions import Fraction
@@ -144,7 +144,7 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class _ThresholdsIn(_In):
+class ThresholdsIn(_In):
     max: Unit | None = None
     target: Unit | None = None
     acceptable: Unit | None = None
@@ -153,7 +153,7 @@ class _ThresholdsIn(_In):
 class _SiteIn(_In):
     utilisation: Unit
     cpu_ms_per_s: dict[PlanName, NonNeg]
-    thresholds: _ThresholdsIn = _ThresholdsIn()
+    thresholds: ThresholdsIn = ThresholdsIn()
 
 
 class _ShiftIn(_In):
@@ -165,7 +165,7 @@ class _ShiftIn(_In):
 
 class _StateIn(_In):
     description: str = ""
-    thresholds: _ThresholdsIn = _ThresholdsIn()
+    thresholds: ThresholdsIn = ThresholdsIn()
     sites: dict[str, _SiteIn] = Field(min_length=1)
     latency_ms: dict[str, dict[str, NonNeg]] = {}
     shifts: list[_ShiftIn] = []
@@ -173,18 +173,19 @@ class _StateIn(_In):
 
 _KEYS: dict[str, list[str]] = {
     "": list(_StateIn.model_fields),
-    "thresholds": list(_ThresholdsIn.model_fields),
+    "thresholds": list(ThresholdsIn.model_fields),
     "sites": list(_SiteIn.model_fields),
     "shifts": list(_ShiftIn.model_fields),
 }
 
 
-def _exact(x: float) -> Fraction:
+def exact(x: float) -> Fraction:
     """The decimal as written: 0.9 -> 9/10, not the nearest binary float."""
     return Fraction(repr(x))
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
+def where(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as the user writes it: sites.A.thresholds.max, events[2]."""
     out = ""
     for part in loc:
         if part == "[key]":
@@ -202,31 +203,43 @@ def _section(loc: tuple[int | str, ...]) -> str:
     return ""
 
 
-def _pydantic_error(path: Path, exc: ValidationError) -> LabError:
+def pydantic_error(
+    path: Path,
+    exc: ValidationError,
+    keys: Mapping[str, list[str]],
+    section: Callable[[tuple[int | str, ...]], str],
+    format_doc: str,
+) -> LabError:
+    """The first validation error of a state or scenario file as one line with its fix.
+
+    keys: the valid keys per table (section(loc) names the table an unknown key sits in);
+    format_doc: where the file format is described.
+    """
     err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    where = _where(loc)
+    # a union (e.g. `float | None`) reports each branch; keep the loc without the branch name
+    loc = tuple(p for p in err["loc"] if p not in ("float", "constrained-float", "none"))
+    at = where(loc)
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     kind = err["type"]
     if kind == "extra_forbidden":
         name = str(loc[-1])
-        valid = _KEYS[_section(loc)]
+        valid = keys[section(loc)]
         close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return LabError(
-            f"{path}: {where}: unknown key{more}",
+            f"{path}: {at}: unknown key{more}",
             f"{hint}valid keys here: {', '.join(valid)}",
         )
     if kind == "missing":
-        return LabError(f"{path}: {where}: missing{more}", f"add {where} (format: lab/tm/model.py)")
+        return LabError(f"{path}: {at}: missing{more}", f"add {at} (format: {format_doc})")
     if kind == "literal_error" and "[key]" in loc:
         return LabError(
-            f"{path}: {where}: unknown plan {loc[-2]!r}{more}",
+            f"{path}: {at}: unknown plan {[x for x in loc if x != '[key]'][-1]!r}{more}",
             "plans are free, pro, business, enterprise",
         )
     return LabError(
-        f"{path}: {where}: {err['msg'].lower()} (got {err.get('input')!r}){more}",
-        f"correct {where} in {path.name}",
+        f"{path}: {at}: {err['msg'].lower()} (got {err.get('input')!r}){more}",
+        f"correct {at} in {path.name}",
     )
 
 
@@ -250,7 +263,8 @@ def _read(path: Path) -> Any:
     raise LabError(f"{path}: unknown state file type {path.suffix!r}", "name it *.toml or *.json")
 
 
-def _thresholds(path: Path, name: str, own: _ThresholdsIn, default: _ThresholdsIn) -> Thresholds:
+def thresholds_from(path: Path, name: str, own: ThresholdsIn, default: ThresholdsIn) -> Thresholds:
+    """A site's thresholds: its own values over the file's defaults, in a valid order."""
     values: dict[str, Fraction] = {}
     for key in ("max", "target", "acceptable"):
         value = getattr(own, key)
@@ -260,7 +274,7 @@ def _thresholds(path: Path, name: str, own: _ThresholdsIn, default: _ThresholdsI
                 f"{path}: sites.{name}.thresholds.{key}: missing and no default",
                 f"set {key} under [thresholds] (all sites) or [sites.{name}.thresholds]",
             )
-        values[key] = _exact(value)
+        values[key] = exact(value)
     t = Thresholds(**values)
     if not t.acceptable <= t.target < t.max:
         raise LabError(
@@ -271,29 +285,32 @@ def _thresholds(path: Path, name: str, own: _ThresholdsIn, default: _ThresholdsI
     return t
 
 
-def _unknown_site(path: Path, where: str, name: str, sites: Mapping[str, object]) -> LabError:
-    close = difflib.get_close_matches(name, list(sites), n=1, cutoff=0.6)
+def unknown_site(path: Path, at: str, name: str, sites: Iterable[str]) -> LabError:
+    sites = list(sites)
+    close = difflib.get_close_matches(name, sites, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return LabError(
-        f"{path}: {where}: unknown site {name!r}",
+        f"{path}: {at}: unknown site {name!r}",
         f"{hint}sites are {', '.join(sorted(sites))}",
     )
 
 
-def _latency(
+def latency_matrix(
     path: Path, raw: dict[str, dict[str, float]], names: list[str]
 ) -> dict[frozenset[str], Fraction]:
+    """[latency_ms] as written (each pair once, both ways) -> ms per unordered pair; every
+    pair of sites must have one."""
     out: dict[frozenset[str], Fraction] = {}
     for a, row in raw.items():
         if a not in names:
-            raise _unknown_site(path, f"latency_ms.{a}", a, dict.fromkeys(names))
+            raise unknown_site(path, f"latency_ms.{a}", a, names)
         for b, ms in row.items():
             if b not in names:
-                raise _unknown_site(path, f"latency_ms.{a}.{b}", b, dict.fromkeys(names))
+                raise unknown_site(path, f"latency_ms.{a}.{b}", b, names)
             if a == b:
                 raise LabError(f"{path}: latency_ms.{a}.{b}: a site to itself", "remove it")
             pair = frozenset((a, b))
-            value = _exact(ms)
+            value = exact(ms)
             if pair in out and out[pair] != value:
                 raise LabError(
                     f"{path}: latency_ms: {a}-{b} is given twice ({float(out[pair]):g} and "
@@ -320,7 +337,7 @@ def _shifts(path: Path, raw: list[_ShiftIn], sites: Mapping[str, Site]) -> tuple
         for key in ("source", "destination"):
             name = getattr(s, key)
             if name not in sites:
-                raise _unknown_site(path, f"{where}.{key}", name, sites)
+                raise unknown_site(path, f"{where}.{key}", name, sites)
         if s.source == s.destination:
             raise LabError(
                 f"{path}: {where}: source and destination are both {s.source}", "remove this shift"
@@ -333,7 +350,7 @@ def _shifts(path: Path, raw: list[_ShiftIn], sites: Mapping[str, Site]) -> tuple
                 "merge the two into one fraction",
             )
         seen.add(key3)
-        shift = Shift(s.source, plan, s.destination, _exact(s.fraction))
+        shift = Shift(s.source, plan, s.destination, exact(s.fraction))
         total[(s.source, plan)] = total.get((s.source, plan), Fraction(0)) + shift.fraction
         if total[(s.source, plan)] > 1:
             raise LabError(
@@ -352,16 +369,16 @@ def parse(doc: Any, path: Path) -> State:
     try:
         raw = _StateIn.model_validate(doc)
     except ValidationError as exc:
-        raise _pydantic_error(path, exc) from None
+        raise pydantic_error(path, exc, _KEYS, _section, "lab/tm/model.py") from None
     sites: dict[str, Site] = {}
     for name, s in raw.sites.items():
         sites[name] = Site(
             name=name,
-            utilisation=_exact(s.utilisation),
-            cpu_ms_per_s={Plan.parse(p): _exact(v) for p, v in s.cpu_ms_per_s.items()},
-            thresholds=_thresholds(path, name, s.thresholds, raw.thresholds),
+            utilisation=exact(s.utilisation),
+            cpu_ms_per_s={Plan.parse(p): exact(v) for p, v in s.cpu_ms_per_s.items()},
+            thresholds=thresholds_from(path, name, s.thresholds, raw.thresholds),
         )
-    latency = _latency(path, raw.latency_ms, sorted(sites))
+    latency = latency_matrix(path, raw.latency_ms, sorted(sites))
     shifts = _shifts(path, raw.shifts, sites)
     return State(sites, latency, shifts, raw.description)
 

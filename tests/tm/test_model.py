@@ -217,8 +217,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_numbers_are_the_decimals_written() -> None:
-    assert model._exact(0.9) == F(9, 10)
-    assert model._exact(18000.0) == 18000
+    assert model.exact(0.9) == F(9, 10)
+    assert model.exact(18000.0) == 18000
     assert model.fmt_ms(F(1000, 3)) == "333.3"
     assert model.fmt_pct(F(1, 2)) == "50%"
     assert model.fmt_u(F(455, 1000)) == "0.455"

@@ -38,7 +38,6 @@ Every error is one line naming the file, the field and the fix (LabError).
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from dataclasses import dataclass
@@ -49,7 +48,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lab.errors import LabError
-from lab.tm.model import Plan, Thresholds
+from lab.tm.model import (
+    Plan,
+    Thresholds,
+    ThresholdsIn,
+    exact,
+    latency_matrix,
+    pydantic_error,
+    thresholds_from,
+    unknown_site,
+)
 
 SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,9}$")
 RESERVED = ("lb", "client")
@@ -64,12 +72,6 @@ PlanName = Literal["free", "pro", "business", "enterprise"]
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class ThresholdsIn(_In):
-    max: Unit | None = None
-    target: Unit | None = None
-    acceptable: Unit | None = None
 
 
 class PlanIn(_In):
@@ -212,15 +214,6 @@ class Scenario:
         return Scenario(**{**self.__dict__, "controller": controller})
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if part == "[key]":
-            continue
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _section(loc: tuple[int | str, ...]) -> str:
     """Which table an unknown key at `loc` sits in."""
     head = str(loc[0])
@@ -231,98 +224,6 @@ def _section(loc: tuple[int | str, ...]) -> str:
     return head if head in _KEYS and len(loc) > 1 else ""
 
 
-def _pydantic_error(path: Path, exc: ValidationError) -> LabError:
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    # a union (e.g. `float | None`) reports each branch; keep the loc without the branch name
-    loc = tuple(p for p in loc if p not in ("float", "constrained-float", "none"))
-    where = _where(loc)
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        name = str(loc[-1])
-        valid = _KEYS[_section(loc)]
-        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return LabError(
-            f"{path}: {where}: unknown key{more}", f"{hint}valid keys here: {', '.join(valid)}"
-        )
-    if kind == "missing":
-        return LabError(
-            f"{path}: {where}: missing{more}", f"add {where} (format: lab/tm/live/scenario.py)"
-        )
-    if kind == "literal_error" and "[key]" in err["loc"]:
-        return LabError(
-            f"{path}: {where}: unknown plan {[x for x in loc if x != '[key]'][-1]!r}{more}",
-            "plans are free, pro, business, enterprise",
-        )
-    return LabError(
-        f"{path}: {where}: {err['msg'].lower()} (got {err.get('input')!r}){more}",
-        f"correct {where} in {path.name}",
-    )
-
-
-def _exact(x: float) -> Fraction:
-    return Fraction(repr(x))
-
-
-def _thresholds(path: Path, name: str, own: ThresholdsIn, default: ThresholdsIn) -> Thresholds:
-    values: dict[str, Fraction] = {}
-    for key in ("max", "target", "acceptable"):
-        value = getattr(own, key)
-        value = getattr(default, key) if value is None else value
-        if value is None:
-            raise LabError(
-                f"{path}: sites.{name}.thresholds.{key}: missing and no default",
-                f"set {key} under [thresholds] (all sites) or [sites.{name}.thresholds]",
-            )
-        values[key] = _exact(value)
-    t = Thresholds(**values)
-    if not t.acceptable <= t.target < t.max:
-        raise LabError(
-            f"{path}: sites.{name}.thresholds: need acceptable <= target < max, got "
-            f"acceptable {float(t.acceptable):g}, target {float(t.target):g}, max {float(t.max):g}",
-            "reorder the three values (acceptable is the lowest, max the highest)",
-        )
-    return t
-
-
-def _unknown_site(path: Path, where: str, name: str, names: list[str]) -> LabError:
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return LabError(
-        f"{path}: {where}: unknown site {name!r}", f"{hint}sites are {', '.join(names)}"
-    )
-
-
-def _latency(
-    path: Path, raw: dict[str, dict[str, float]], names: list[str]
-) -> dict[frozenset[str], Fraction]:
-    out: dict[frozenset[str], Fraction] = {}
-    for a, row in raw.items():
-        if a not in names:
-            raise _unknown_site(path, f"latency_ms.{a}", a, names)
-        for b, ms in row.items():
-            if b not in names:
-                raise _unknown_site(path, f"latency_ms.{a}.{b}", b, names)
-            if a == b:
-                raise LabError(f"{path}: latency_ms.{a}.{b}: a site to itself", "remove it")
-            pair = frozenset((a, b))
-            if pair in out and out[pair] != _exact(ms):
-                raise LabError(
-                    f"{path}: latency_ms: {a}-{b} is given twice", "give each pair once"
-                )
-            out[pair] = _exact(ms)
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            if frozenset((a, b)) not in out:
-                raise LabError(
-                    f"{path}: latency_ms: no latency between {a} and {b}",
-                    f"add it, e.g. [latency_ms] {a} = {{ {b} = 20 }}",
-                )
-    return out
-
-
 def _events(path: Path, raw: list[EventIn], names: list[str], duration: float) -> list[Event]:
     out: list[Event] = []
     crashed: set[str] = set()
@@ -330,7 +231,7 @@ def _events(path: Path, raw: list[EventIn], names: list[str], duration: float) -
     for i, e in enumerate(raw):
         where = f"events[{i}]"
         if e.site not in names:
-            raise _unknown_site(path, f"{where}.site", e.site, names)
+            raise unknown_site(path, f"{where}.site", e.site, names)
         if e.at_s >= duration:
             raise LabError(
                 f"{path}: {where}.at_s: {e.at_s:g} s is not before duration_s {duration:g} s",
@@ -380,7 +281,7 @@ def parse(doc: Any, path: Path) -> Scenario:
     try:
         raw = ScenarioIn.model_validate(doc)
     except ValidationError as exc:
-        raise _pydantic_error(path, exc) from None
+        raise pydantic_error(path, exc, _KEYS, _section, "lab/tm/live/scenario.py") from None
     names = sorted(raw.sites)
     for name in names:
         if not SITE_NAME.match(name) or name in RESERVED:
@@ -388,7 +289,7 @@ def parse(doc: Any, path: Path) -> Scenario:
                 f"{path}: sites.{name}: not a usable site name",
                 "use a letter then up to 9 letters or digits, not 'lb' or 'client'",
             )
-    total_share = sum((_exact(p.share) for p in raw.plans.values()), Fraction(0))
+    total_share = sum((exact(p.share) for p in raw.plans.values()), Fraction(0))
     if total_share != 1:
         shares = ", ".join(f"{k} {v.share:g}" for k, v in raw.plans.items())
         raise LabError(
@@ -413,7 +314,7 @@ def parse(doc: Any, path: Path) -> Scenario:
             name,
             s.budget_ms_per_s,
             s.requests_per_s,
-            _thresholds(path, name, s.thresholds, raw.thresholds),
+            thresholds_from(path, name, s.thresholds, raw.thresholds),
         )
         for name, s in sorted(raw.sites.items())
     }
@@ -424,7 +325,7 @@ def parse(doc: Any, path: Path) -> Scenario:
         compare_without_controller=raw.compare_without_controller,
         plans={Plan.parse(k): PlanSpec(v.cost_ms, v.share) for k, v in raw.plans.items()},
         sites=sites,
-        latency=_latency(path, raw.latency_ms, names),
+        latency=latency_matrix(path, raw.latency_ms, names),
         clients=raw.clients,
         controller=raw.controller,
         events=tuple(_events(path, raw.events, names, raw.duration_s)),
