@@ -35,7 +35,6 @@ from typing import Any
 
 from lab.load import oltp
 from lab.load.oltp import (
-    RECONNECT_PAUSE_S,
     Clock,
     FaultMark,
     OltpConfig,
@@ -99,7 +98,7 @@ class HttpWorker(oltp.Worker):
         self.last_body = ""
 
     # connections
-    def _open(self) -> _Connection:
+    def _new_connection(self) -> _Connection:
         t, c = self.http_cfg.target, self.cfg.client
         conn = _Connection(t.host, t.port, timeout=c.connect_timeout_s)
         try:
@@ -117,26 +116,13 @@ class HttpWorker(oltp.Worker):
                    sockopts=opts, local=local)
         return conn
 
-    def _connect(self, after_error: bool) -> None:
-        """Connect, retrying every RECONNECT_PAUSE_S (a pool refilling itself)."""
-        started = time.monotonic()
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                self.http = self._open()
-                break
-            except OSError as exc:
-                if attempts == 1:
-                    now = time.monotonic()
-                    emit_event("error", self.index, f"{error_detail(exc)} (connect)", now)
-                    self._count(now, error=True)
-                time.sleep(RECONNECT_PAUSE_S)
-        if after_error:
-            now = time.monotonic()
-            self._count(now, reconnect=True)
-            emit_event("reconnect", self.index,
-                       f"after {attempts} attempt(s) in {1000 * (now - started):.0f} ms", now)
+    CONNECT_ERRORS = (OSError,)
+
+    def _open(self) -> None:
+        self.http = self._new_connection()
+
+    def _error_detail(self, exc: BaseException) -> str:
+        return error_detail(exc)
 
     def _drop_connection(self) -> None:
         if self.http is not None:

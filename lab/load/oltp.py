@@ -356,6 +356,15 @@ class Worker(threading.Thread):
                    sockopts=opts, local=local)
         return conn
 
+    # what a failed connect raises, and how it reads in an event (the http driver's differ)
+    CONNECT_ERRORS: tuple[type[Exception], ...] = (pymysql.err.Error,)
+
+    def _open(self) -> None:
+        self.conn = self._connect_once()
+
+    def _error_detail(self, exc: BaseException) -> str:
+        return error_detail(exc)
+
     def _connect(self, after_error: bool) -> None:
         """Connect, retrying every RECONNECT_PAUSE_S like sysbench's mysql_drv_reconnect."""
         started = time.monotonic()
@@ -363,12 +372,12 @@ class Worker(threading.Thread):
         while True:
             attempts += 1
             try:
-                self.conn = self._connect_once()
+                self._open()
                 break
-            except pymysql.err.Error as exc:
+            except self.CONNECT_ERRORS as exc:
                 if attempts == 1:
                     now = time.monotonic()
-                    emit_event("error", self.index, f"{error_detail(exc)} (connect)", now)
+                    emit_event("error", self.index, f"{self._error_detail(exc)} (connect)", now)
                     self._count(now, error=True)
                 time.sleep(RECONNECT_PAUSE_S)
         if after_error:
