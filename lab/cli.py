@@ -28,7 +28,8 @@ from lab.errors import LabError
 from lab.matrix import DEFAULT_PARALLEL, MatrixRun, new_run_dir
 from lab.trial import TrialStatus
 
-console = Console()
+# piped (make reproduce > log, CI): wide enough that the summary table stays one line a trial
+console = Console() if sys.stdout.isatty() else Console(width=170)
 
 
 def _fmt(x: Any, unit: str = "s") -> str:
