@@ -66,6 +66,10 @@ class LbSettings(Section):
     expire_nodest_conn: Literal[0, 1] = 0
     # connection drain: after a real server is removed, wait this long, then reset what is left
     drain_timeout_s: Annotated[float, Field(ge=0)] | None = None
+    # engine "ipvs" only (net.ipv4.vs.* in the lb namespace; None = the kernel's default:
+    # conn_reuse_mode 1, expire_quiescent_template 0)
+    conn_reuse_mode: Literal[0, 1, 2, 3] | None = None
+    expire_quiescent_template: Literal[0, 1] | None = None
     # engine "proxy" only, other engines ignore them (HAProxy, mode tcp; lab.lb.proxy).
     # `timeout server`: None = not set, HAProxy then waits forever and only the lb kernel's
     # tcp_retries2 ends a dead session

@@ -124,10 +124,8 @@ def run_trial(
             backends.append(b)
         _start_backends(backends)
 
-        balancer = lb.make(
-            engine, net["lb"], vip, settings.lb.port,
-            LbOptions(settings.lb.expire_nodest_conn, settings.lb.drain_timeout_s),
-        )
+        balancer = lb.make(engine, net["lb"], vip, settings.lb.port,
+                           LbOptions.from_settings(settings.lb), settings.lb)
         balancer.setup()
         teardown.callback(balancer.close)
         servers = [RealServer(b.name, b.address, b.port) for b in backends]
@@ -139,7 +137,8 @@ def run_trial(
         evidence: Evidence | None = None
         if settings.capture:
             evidence = Evidence(net["client"], net["lb"], str(vip), settings.lb.port, out_dir,
-                                load=settings.load.shape, t0=to_wall(result.t0))
+                                load=settings.load.shape, t0=to_wall(result.t0),
+                                lb_table="ipvsadm" if engine == "ipvs" else "auto")
             evidence.start()
             teardown.callback(evidence.close)
         status.phase = "warming up"

@@ -94,6 +94,7 @@ class Evidence:
         load: str | None = None,
         interval_s: float = 0.5,
         t0: float | None = None,
+        lb_table: str = "auto",
     ) -> None:
         self.client, self.lb = client, lb
         self.vip, self.port = str(vip), port
@@ -104,6 +105,7 @@ class Evidence:
             self.out_dir / "client.pcap", tool=tool, load=load,
         )
         self.interval_s = interval_s
+        self.lb_table = lb_table  # ConntrackSnapshots source: "ipvsadm" for real IPVS
         self._loop: SnapshotLoop | None = None
         self._conntrack: ConntrackSnapshots | None = None
         self._before: dict[str, int] = {}
@@ -116,7 +118,8 @@ class Evidence:
         self.capture.start()
         self._before = kernel_counters.read_counters(self.client)
         self._conntrack = ConntrackSnapshots(
-            self.lb, self.out_dir / "lb_connections.csv", virtual=self.vip
+            self.lb, self.out_dir / "lb_connections.csv", virtual=self.vip,
+            source=self.lb_table,
         )
         self._loop = SnapshotLoop(
             [SocketSnapshots(self.client, self.vip, self.port, self.out_dir / "sockets.csv"),

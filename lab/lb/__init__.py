@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
+from lab.lb.ipvs import IpvsLoadBalancer
 from lab.lb.nft import NftLoadBalancer
 from lab.lb.proxy import ProxyLoadBalancer, haproxy_binary
 from lab.settings import LbSettings
@@ -18,7 +19,9 @@ from lab.topology import Host
 
 __all__ = ["Connection", "LbOptions", "LoadBalancer", "RealServer", "choose_engine", "make"]
 
-ENGINES: dict[str, type[LoadBalancer]] = {"nft": NftLoadBalancer, "proxy": ProxyLoadBalancer}
+ENGINES: dict[str, type[LoadBalancer]] = {
+    "ipvs": IpvsLoadBalancer, "nft": NftLoadBalancer, "proxy": ProxyLoadBalancer,
+}
 
 
 def kernel_has_ipvs() -> bool:
@@ -29,7 +32,7 @@ def kernel_has_ipvs() -> bool:
 def choose_engine(requested: str) -> tuple[str, str]:
     """(engine, why) for a requested engine name."""
     if requested == "auto":
-        if kernel_has_ipvs() and "ipvs" in ENGINES:
+        if kernel_has_ipvs():
             return "ipvs", "auto: the kernel has IP_VS"
         return "nft", "auto: the kernel has no IP_VS (no /proc/net/ip_vs), using nftables NAT"
     if requested == "ipvs" and not kernel_has_ipvs():

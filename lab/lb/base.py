@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+from lab.settings import LbSettings
 from lab.topology import Host
 
 
@@ -49,8 +50,18 @@ class Connection:
 
 @dataclass(frozen=True)
 class LbOptions:
+    """What every engine honours. The IPVS-only sysctls (None: the kernel's default) are
+    ignored by the engines that emulate LVS, whose behaviour is that of their defaults."""
+
     expire_nodest_conn: int = 0
     drain_timeout_s: float | None = None
+    conn_reuse_mode: int | None = None
+    expire_quiescent_template: int | None = None
+
+    @classmethod
+    def from_settings(cls, lb: LbSettings) -> LbOptions:
+        return cls(lb.expire_nodest_conn, lb.drain_timeout_s, lb.conn_reuse_mode,
+                   lb.expire_quiescent_template)
 
 
 class LoadBalancer(ABC):
