@@ -5,11 +5,12 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 LAB := $(VENV)/bin/lab
-APT_PACKAGES := mariadb-server mariadb-client nftables tcpdump iproute2 conntrack procps sysbench nginx-light haproxy gcc libc6-dev
+APT_PACKAGES := mariadb-server mariadb-client nftables tcpdump iproute2 conntrack procps sysbench nginx-light haproxy gcc libc6-dev docker.io debootstrap \
+  qemu-system-x86 e2fsprogs vagrant
 SCENARIO ?= scenarios/seed-lvs-mysql.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup apt venv reproduce test test-all lint bench clean
+.PHONY: setup apt venv reproduce test test-all vm-test lint bench clean
 
 setup: apt venv
 
@@ -35,6 +36,11 @@ reproduce: setup
 
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# the lab inside a VM with a stock Debian kernel (real IPVS, netem): builds the image once,
+# boots it (KVM where the host really has it, TCG otherwise), runs tests/vm inside
+vm-test: setup
+	$(LAB) vm test
 
 test-all: setup
 	$(VENV)/bin/pytest -m '' $(PYTEST_ARGS)

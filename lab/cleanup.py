@@ -3,7 +3,9 @@
 A run records its namespaces and scratch dir in STATE_DIR before creating them (lab.runtime),
 so a kill -9 at any point leaves a record. Leftovers are: the namespaces of runs whose process
 is gone (with the servers running in them), their scratch dirs and slots, and any `bhl-`
-namespace no live run claims.
+namespace no live run claims; for the docker provider, the containers labelled with a run
+that is gone and a private dockerd no live process holds (lab.docker_engine.clean). A user's
+own containers, images and networks are never touched.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from pyroute2 import netns
 
+from lab import docker_engine, docker_image
 from lab.runtime import NS_PREFIX, STATE_DIR, pid_alive, recorded_runs
 from lab.topology import remove_namespace
 
@@ -21,6 +24,9 @@ from lab.topology import remove_namespace
 def clean(include_live: bool = False) -> list[str]:
     """Remove leftovers; returns one line per thing removed."""
     removed: list[str] = []
+    # containers first: their engine stops them cleanly before their namespaces go
+    removed += docker_engine.clean(include_live)
+    removed += docker_image.clean()
     live_namespaces: set[str] = set()
     for run in recorded_runs():
         pid = int(run.get("pid", -1))  # type: ignore[call-overload]

@@ -5,8 +5,10 @@
     lab compare RUN_A RUN_B  what changed, trial by trial; exit 1 on a regression
     lab keys                 every scenario key with its default
     lab clean [--all]        remove what killed runs left behind
-    lab doctor               what this host can run
+    lab doctor               what this host can run (also: is Docker usable, which images)
+    lab image build          the docker provider's offline image (idempotent)
     lab tm plan|predict|fit  the traffic manager's logic on a state file
+    lab vm build|test|run    the lab inside a VM with real IPVS (make vm-test)
 """
 
 from __future__ import annotations
@@ -178,6 +180,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks if c.required) else 1
 
 
+def cmd_image_build(args: argparse.Namespace) -> int:
+    """Build the lab's offline backend image (once per machine: skipped when present)."""
+    from lab import docker_engine, docker_image
+
+    with docker_engine.engine() as eng:
+        report_ = docker_image.build(eng.client, mirror=args.mirror)
+    print(report_.line())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -216,9 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="what this host can run").set_defaults(func=cmd_doctor)
 
+    image = sub.add_parser("image", help="the docker provider's backend image")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    image_build = image_sub.add_parser(
+        "build", help="build the local offline image (debootstrap + docker import); "
+        "idempotent")
+    image_build.add_argument("--mirror", help="Debian mirror (default: the one apt uses)")
+    image_build.set_defaults(func=cmd_image_build)
+
     from lab.tm import cli as tm_cli
+    from lab.vm import cli as vm_cli
 
     tm_cli.register(sub)
+    vm_cli.register(sub)
     return parser
 
 

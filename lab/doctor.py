@@ -61,4 +61,37 @@ def run_checks() -> list[Check]:
     checks.append(Check("engine auto", True, f"{engine} ({why})"))
     if os.geteuid() == 0:
         checks.append(_netem())
+    checks += _docker()
     return checks
+
+
+def _docker() -> list[Check]:
+    """provider = "docker": is an engine usable (a private dockerd is started and stopped
+    again to prove it, like the netem probe), and which backend images it has."""
+    import docker.errors
+
+    from lab import docker_engine, docker_image
+    from lab.backends.container import OFFICIAL
+    from lab.errors import LabError
+
+    usable, detail = docker_engine.status()
+    if not usable:
+        return [Check("docker", False, detail, required=False)]
+    refs = [docker_image.image_ref(), *OFFICIAL.values()]
+    try:
+        with docker_engine.engine() as eng:
+            described = eng.describe()
+            present = docker_engine.images_present(eng.client, refs)
+    except (LabError, docker.errors.DockerException, OSError) as exc:
+        return [Check("docker", False, f"{detail}, but it failed: {exc}", required=False)]
+    have = [f"{r} ({s / 1e6:.0f} MB)" for r, s in present.items() if s is not None]
+    missing = [r for r, s in present.items() if s is None]
+    lab_image = present[refs[0]] is not None
+    return [
+        Check("docker", True, described, required=False),
+        Check("docker images", lab_image or bool(have),
+              "present: " + (", ".join(have) or "none")
+              + ("; missing: " + ", ".join(missing) if missing else "")
+              + ("" if lab_image else "; run 'lab image build' for the offline lab image"),
+              required=False),
+    ]

@@ -8,8 +8,6 @@ connections over to the standby backend `failover_after_s` later, as a health ch
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,19 +54,13 @@ def crash(target: FaultTarget) -> str:
 
 
 def kill(target: FaultTarget) -> str:
-    pid = target.active.pid
-    if pid is None:
-        raise RuntimeError(f"{target.active.name} has no server process to kill")
-    os.kill(pid, signal.SIGKILL)
-    return f"kill -9 {pid} ({target.active.kind} on {target.active.name}): its kernel resets"
+    """kill -9 of the server (Backend.kill: the process, or a container's server process)."""
+    return target.active.kill()
 
 
 def hang(target: FaultTarget) -> str:
-    pid = target.active.pid
-    if pid is None:
-        raise RuntimeError(f"{target.active.name} has no server process to stop")
-    os.kill(pid, signal.SIGSTOP)
-    return f"SIGSTOP {pid}: its kernel still ACKs, the server never answers"
+    """The server freezes (Backend.hang: SIGSTOP, or `docker pause` of a container)."""
+    return target.active.hang()
 
 
 def partition(target: FaultTarget, mode: str) -> str:

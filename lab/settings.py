@@ -101,7 +101,8 @@ class FaultSettings(Section):
     switchover: the LB removes it and adds the other (ipvsadm -d old; -a new);
     crash: it vanishes silently (all its packets dropped, no RST);
     kill: kill -9 of the server (its kernel sends RST / FIN);
-    hang: SIGSTOP of the server (its kernel still ACKs, no answer ever comes);
+    hang: SIGSTOP of the server, `docker pause` of its container (its kernel still ACKs, no
+    answer ever comes);
     partition: the path to it fails, `partition_mode` drop (silent) or reject (tcp reset).
     For every kind except switchover the LB also moves new connections to the other backend
     `failover_after_s` after the fault (a health checker's reaction time).
@@ -113,11 +114,46 @@ class FaultSettings(Section):
     failover_after_s: Annotated[float, Field(ge=0)] = 0.0
 
 
+# a Docker image reference (name[:tag][@digest]), or "auto"
+ImageRef = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")]
+
+
+class ImageSettings(Section):
+    """provider = "docker": the image each backend kind runs.
+
+    "auto" = the lab's local image (`lab image build`, offline) when the engine has it, else
+    the official image (`mysql`, `nginx`), which the engine pulls on a machine that can.
+    """
+
+    mariadb: ImageRef = "auto"
+    nginx: ImageRef = "auto"
+
+    @model_validator(mode="after")
+    def _lab_image_current(self) -> ImageSettings:
+        """An explicit lab image must be this version's (its tag hashes the build inputs)."""
+        for kind in ("mariadb", "nginx"):
+            value = getattr(self, kind)
+            if value.startswith("blackhole-lab/"):
+                from lab.docker_image import image_ref  # only then: it imports the docker SDK
+
+                if value != image_ref():
+                    raise ValueError(f"{kind}={value!r} is not this lab version's image; use "
+                                     f"'auto' or {image_ref()!r} (made by 'lab image build')")
+        return self
+
+
 class TrialSettings(Section):
     """One trial: everything needed to build, load, break and observe it."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,=+-]{1,120}$")] = "trial"
     backend: Literal["mariadb", "nginx"] = "mariadb"
+    # process: the host's server binaries in the backend namespaces; docker: the same servers
+    # in containers (lab.backends.container), wired into the same namespaces
+    provider: Literal["process", "docker"] = "process"
+    images: ImageSettings = ImageSettings()
+    # client -> lb delay added with netem (the RTT grows by it); needs sch_netem: the lab's
+    # VM has it, a host without it refuses the trial (see `lab doctor`)
+    latency_ms: Annotated[float, Field(gt=0, le=10_000)] | None = None
     # stop observing this long after the fault if the service has not recovered
     deadline_s: PosFloat = 60.0
     # keep the load running this long after recovery (to show qps > 0 after)

@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -116,10 +117,11 @@ def _sysctl_path(name: str) -> Path:
 class Host:
     """A realised namespace: run commands in it, read and write its sysctls."""
 
-    def __init__(self, name: str, ns: str, workdir: Path) -> None:
+    def __init__(self, name: str, ns: str, workdir: Path, run_id: str = "") -> None:
         self.name = name
         self.ns = ns
         self.workdir = workdir
+        self.run_id = run_id  # the run that owns it (labels of what is made for it)
         self.addresses: dict[str, ipaddress.IPv4Interface] = {}  # peer host -> our address
 
     def __repr__(self) -> str:
@@ -220,6 +222,44 @@ def remove_namespace(ns: str) -> None:
         netns.remove(ns)
 
 
+def adopt_namespace(host: Host, pid: int) -> None:
+    """Make `host` the network namespace of process `pid` (a container's server), in place.
+
+    A container started without networking has only `lo`. Its namespace takes over the
+    host's role: every link of the host's namespace moves into it (by pid), gets its
+    addresses and routes back, and the name `host.ns` is re-pointed at it (a bind mount of
+    /proc/PID/ns/net, as `ip netns attach` does). So everything that works by name (`ip
+    netns exec`, nft rules of faults, captures, `Network.close`) works unchanged, and the
+    bind mount keeps the namespace, its links and its kernel (RSTs after a kill -9) alive
+    after the container's processes are gone, exactly like a process backend's namespace.
+    The namespace's own sysctls are not carried over (backend hosts set none).
+    """
+    if host.pids():
+        raise RuntimeError(f"{host.ns}: processes {host.pids()} still run in the namespace "
+                           "a container is to replace")
+    with IPRoute(netns=host.ns) as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        links = [n for n in names.values() if n != "lo"]
+        addrs = [(names[a["index"]], a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                 for a in ipr.get_addr(family=socket.AF_INET) if names[a["index"]] != "lo"]
+        routes = [(r.get_attr("RTA_DST") or "0.0.0.0", r["dst_len"], r.get_attr("RTA_GATEWAY"))
+                  for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                  if r.get_attr("RTA_GATEWAY")]
+        for ifname in links:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], net_ns_pid=pid)
+    netns.remove(host.ns)  # the old namespace is now empty and goes away
+    netns.attach(host.ns, pid)
+    with IPRoute(netns=host.ns) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        for ifname, address, prefixlen in addrs:
+            ipr.addr("add", index=ipr.link_lookup(ifname=ifname)[0], address=address,
+                     prefixlen=prefixlen)
+        for ifname in links:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+        for dst, dst_len, gateway in routes:
+            ipr.route("add", dst=f"{dst}/{dst_len}", gateway=gateway)
+
+
 class Network:
     """A realised Topology. Use as a context manager; close() removes everything it made."""
 
@@ -252,7 +292,7 @@ class Network:
             netns.create(ns)
             workdir = self.run.workdir / spec.name
             workdir.mkdir(exist_ok=True)
-            self.hosts[spec.name] = Host(spec.name, ns, workdir)
+            self.hosts[spec.name] = Host(spec.name, ns, workdir, self.run.run_id)
             with IPRoute(netns=ns) as ipr:
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
@@ -290,6 +330,17 @@ class Network:
         with IPRoute(netns=h.ns) as ipr:
             idx = ipr.link_lookup(ifname=ifname)[0]
             ipr.addr("add", index=idx, address=address, prefixlen=32)
+
+    def add_delay(self, host: str, ifname: str, delay_ms: float) -> None:
+        """Delay every packet host sends on ifname by delay_ms (netem): the RTT grows by that
+        much. Needs sch_netem (the lab's VM has it; `lab doctor` says whether this host does).
+        tc is iproute2's own tool for qdiscs; pyroute2's netem support would be no simpler."""
+        proc = self.hosts[host].run(["tc", "qdisc", "add", "dev", ifname, "root", "netem",
+                                     "delay", f"{delay_ms:g}ms"], check=False)
+        if proc.returncode != 0:
+            raise LabError(
+                f"latency_ms needs netem, and this kernel has none ({proc.stderr.strip()})",
+                "drop latency_ms, or run the trial in the lab's VM ('lab vm run ...')")
 
     def close(self) -> None:
         """Kill what runs in the namespaces and delete them (links go with them)."""

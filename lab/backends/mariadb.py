@@ -26,7 +26,7 @@ import tempfile
 import time
 from functools import cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import pymysql
 
@@ -99,8 +99,10 @@ def _tail(path: Path, lines: int = 15) -> str:
         return f"(no {path})"
 
 
-def _server_argv(datadir: Path, run_dir: Path, socket_path: Path, *extra: str) -> list[str]:
-    """mariadbd's command line; --no-defaults first so /etc/mysql is never read."""
+def _server_argv(datadir: Path, run_dir: Path, socket_path: Path, *extra: str,
+                 binary: str | None = None) -> list[str]:
+    """mariadbd's command line; --no-defaults first so /etc/mysql is never read (mariadbd
+    rejects it anywhere else). `binary`: the server's path where it runs (a container)."""
     if len(str(socket_path)) > UNIX_PATH_MAX:
         raise LabError(
             f"unix socket path too long ({len(str(socket_path))} > {UNIX_PATH_MAX}): "
@@ -108,7 +110,7 @@ def _server_argv(datadir: Path, run_dir: Path, socket_path: Path, *extra: str) -
             "use a shorter scratch directory",
         )
     return [
-        check_binaries()["mariadbd"],
+        binary or check_binaries()["mariadbd"],
         "--no-defaults",
         "--user=root",
         f"--datadir={datadir}",
@@ -129,7 +131,16 @@ def _connect_unix(socket_path: Path, timeout: float = 2.0) -> pymysql.connection
                            read_timeout=30, autocommit=True)
 
 
-def _wait_healthy(proc: subprocess.Popen[Any], socket_path: Path, log: Path,
+class Pollable(Protocol):
+    """What a startup wait needs of the server: a Popen, or a container's state."""
+
+    @property
+    def returncode(self) -> int | Any: ...
+
+    def poll(self) -> int | None: ...
+
+
+def _wait_healthy(proc: Pollable, socket_path: Path, log: Path,
                   timeout: float = START_TIMEOUT_S) -> None:
     """Until `SELECT 1` answers over the unix socket; RuntimeError with the log tail if not."""
     deadline = time.monotonic() + timeout
