@@ -49,6 +49,7 @@ SYN_LINEAR_TIMEOUTS = 4  # net.ipv4.tcp_syn_linear_timeouts default (Linux >= 6.
 # Measured on the lab's veth path: tcpi_rto = 204000 us (srtt ~0.15 ms + 200 ms rto_min,
 # rounded up to 51 jiffies). `ss -ti` shows it as rto:204.
 DEFAULT_RTO_S = 0.204
+VETH_RTT_S = 0.00015  # the lab's veth path without added latency (srtt ~0.15 ms)
 # Reconnect + MySQL handshake + first transaction on a healthy backend (same-host namespaces).
 DEFAULT_RECONNECT_S = 0.05
 # A follow-up failover "F s after the fault" takes effect this much later: the trial runs it
@@ -105,6 +106,16 @@ class Prediction:
 # --------------------------------------------------------------------------------------------
 # Kernel timers
 # --------------------------------------------------------------------------------------------
+
+
+def rto_with_latency(latency_ms: float | None, hz: int = HZ) -> float:
+    """icsk_rto of an established connection whose RTT grew by latency_ms (netem on the
+    client's link): srtt + rttvar, rttvar floored at rto_min, in whole jiffies. Without
+    added latency, the RTO measured on the lab's veth path (DEFAULT_RTO_S)."""
+    if not latency_ms:
+        return DEFAULT_RTO_S
+    srtt = latency_ms / 1000 + VETH_RTT_S
+    return math.ceil((srtt + TCP_RTO_MIN_S) * hz - 1e-9) / hz
 
 
 def _jiffies(seconds: float, hz: int) -> int:
@@ -458,6 +469,12 @@ def predict(
         if lb.drain_timeout_s is not None:  # existing connections flow on, reset at the end
             return [(at, before, "never"), (at + lb.drain_timeout_s, "rst", "drain_reset")]
         if lb.expire_nodest_conn:
+            if eng == "ipvs":
+                # real IPVS drops the packet that finds the dest gone and expires the entry
+                # (ip_vs_in: NF_DROP while the old conntrack lingers); the next one, a
+                # retransmission, has no entry and the director's own stack resets it.
+                # Measured in the VM: the reset answers the TLP, ~r0 after the fault.
+                return [(at, "drop", "never"), (at + 1e-6, "rst", "lb_reset")]
             return [(at, "rst", "lb_reset")]
         return [(at, "drop", "never")]
 

@@ -81,6 +81,15 @@ class TrialResult:
         self.events.append((time.monotonic() if t is None else t, event, detail))
 
 
+def _predict(settings: TrialSettings, engine: str, idle_elapsed_s: float = 0.0
+             ) -> model.Prediction:
+    """The model for this trial on the engine `auto` picked, with the RTO its added latency
+    gives."""
+    return model.predict(settings, engine="ipvs" if engine == "ipvs" else "nft",
+                         idle_elapsed_s=idle_elapsed_s,
+                         rto_s=model.rto_with_latency(settings.latency_ms))
+
+
 def _start_backends(backends: list[Backend]) -> None:
     with ThreadPoolExecutor(len(backends)) as pool:
         for f in [pool.submit(b.start) for b in backends]:
@@ -105,7 +114,7 @@ def run_trial(
         settings=settings,
         engine=engine,
         engine_why=why,
-        prediction=model.predict(settings),
+        prediction=_predict(settings, engine),
         t0=time.monotonic(),
     )
     with contextlib.ExitStack() as teardown:
@@ -116,6 +125,8 @@ def run_trial(
         teardown.callback(net.close)
         vip = lvs_vip(run)
         net.add_address("lb", str(vip), "to-client")
+        if settings.latency_ms is not None:
+            net.add_delay("client", "to-lb", settings.latency_ms)
 
         backends: list[Backend] = []
         for name in ("backend1", "backend2"):
@@ -275,7 +286,7 @@ def _predict_idle(settings: TrialSettings, result: TrialResult, driver: DriverPr
         return
     elapsed = result.fault_t - started
     result.facts["idle_elapsed_s"] = round(elapsed, 4)
-    result.prediction = model.predict(settings, idle_elapsed_s=elapsed)
+    result.prediction = _predict(settings, result.engine, idle_elapsed_s=elapsed)
 
 
 def _collect_driver_events(result: TrialResult, driver: DriverProcess) -> None:

@@ -18,6 +18,7 @@ the dest's connections at once, and the client's next packet is reset.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 import socket
@@ -35,6 +36,11 @@ def _sysctl(name: str) -> str:
     return f"net.ipv4.vs.{name}"
 
 
+def masq_dest(rs: RealServer, weight: int) -> IPVSDest:
+    """A real server in NAT mode (pyroute2's IPVSDest would default to direct routing)."""
+    return IPVSDest(addr=str(rs.address), port=rs.port, weight=weight, fwd_method=MASQ)
+
+
 class IpvsLoadBalancer(LoadBalancer):
     engine = "ipvs"
 
@@ -48,12 +54,15 @@ class IpvsLoadBalancer(LoadBalancer):
         self._linked: set[str] = set()  # real servers currently in the service
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
+        self._sock: IPVS | None = None
 
     def _ipvs(self) -> IPVS:
-        return IPVS(netns=self.host.ns)
-
-    def _dest(self, rs: RealServer, weight: int) -> IPVSDest:
-        return IPVSDest(addr=str(rs.address), port=rs.port, weight=weight, fwd_method=MASQ)
+        """The engine's one netlink socket, opened in the lb namespace at setup: opening one
+        forks a pyroute2 helper into the namespace (1.2 s under TCG), which would stretch a
+        switchover's del/add into a window with no real server. Calls hold self._lock."""
+        if self._sock is None:
+            self._sock = IPVS(netns=self.host.ns)
+        return self._sock
 
     # --- interface -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -64,8 +73,8 @@ class IpvsLoadBalancer(LoadBalancer):
         if o.expire_quiescent_template is not None:
             self.host.sysctl_set(_sysctl("expire_quiescent_template"),
                                  o.expire_quiescent_template)
-        with self._ipvs() as ipvs:
-            ipvs.service("add", service=self._service)
+        with self._lock:
+            self._ipvs().service("add", service=self._service)
 
     def add_real_server(self, rs: RealServer, weight: int = 1) -> None:
         with self._lock:
@@ -73,8 +82,7 @@ class IpvsLoadBalancer(LoadBalancer):
 
     def _add(self, rs: RealServer, weight: int) -> None:
         self._servers[rs.name] = rs
-        with self._ipvs() as ipvs:
-            ipvs.dest("add", service=self._service, dest=self._dest(rs, weight))
+        self._ipvs().dest("add", service=self._service, dest=masq_dest(rs, weight))
         self._linked.add(rs.name)
 
     def remove_real_server(self, rs: RealServer) -> None:
@@ -85,8 +93,8 @@ class IpvsLoadBalancer(LoadBalancer):
         if self.options.drain_timeout_s is None:
             self._delete(rs)
             return
-        with self._ipvs() as ipvs:  # quiesce: no new connections, the old ones flow on
-            ipvs.dest("set", service=self._service, dest=self._dest(rs, 0))
+        # quiesce: no new connections, the old ones flow on
+        self._ipvs().dest("set", service=self._service, dest=masq_dest(rs, 0))
         timer = threading.Timer(self.options.drain_timeout_s, self.reset_connections, [rs])
         timer.daemon = True
         self._timers.append(timer)
@@ -95,13 +103,12 @@ class IpvsLoadBalancer(LoadBalancer):
     def _delete(self, rs: RealServer) -> None:
         if rs.name not in self._linked:
             return
-        with self._ipvs() as ipvs:
-            ipvs.dest("del", service=self._service, dest=self._dest(rs, 0))
+        self._ipvs().dest("del", service=self._service, dest=masq_dest(rs, 0))
         self._linked.discard(rs.name)
 
     def set_weight(self, rs: RealServer, weight: int) -> None:
-        with self._lock, self._ipvs() as ipvs:
-            ipvs.dest("set", service=self._service, dest=self._dest(rs, weight))
+        with self._lock:
+            self._ipvs().dest("set", service=self._service, dest=masq_dest(rs, weight))
 
     def switchover(self, old: RealServer, new: RealServer) -> None:
         """ipvsadm -d old; ipvsadm -a new -m (two netlink requests, microseconds apart)."""
@@ -130,11 +137,13 @@ class IpvsLoadBalancer(LoadBalancer):
     def close(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        try:
-            with self._ipvs() as ipvs:
-                ipvs.service("del", service=self._service)
-        except Exception:  # already gone with its namespace, or never created
-            pass
+        with self._lock:
+            # already gone with its namespace, or never created
+            with contextlib.suppress(Exception):
+                self._ipvs().service("del", service=self._service)
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
 
 _CONN_RE = re.compile(

@@ -1,0 +1,99 @@
+"""Boot the lab's VM with qemu, run one job in it, bring its output back.
+
+The guest has no network: the project is shared read-only over 9p (the guest runs this very
+checkout, PYTHONPATH=/project), and a results folder is shared read-write; the guest's init
+(guest-init) runs out/job.sh, writes out/rc and powers off. The image is opened with
+snapshot=on, so every run starts from the image as built.
+
+Accelerator: KVM only where the host has hardware virtualisation (kvm_intel or kvm_amd
+loaded); a /dev/kvm from another provider (this project's CI hosts have kvm_pvm, which does not
+boot a stock Debian kernel: recipe-vm-ipvs.md) gets TCG, software emulation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.errors import LabError
+from lab.vm.image import PROJECT, Image
+
+QEMU = "qemu-system-x86_64"
+
+
+def accelerator() -> tuple[list[str], str]:
+    """qemu arguments for the best accelerator here, and why it was chosen."""
+    hw = [m for m in ("kvm_intel", "kvm_amd") if Path(f"/sys/module/{m}").exists()]
+    if Path("/dev/kvm").exists() and hw:
+        return ["-accel", "kvm", "-cpu", "host"], f"kvm ({hw[0]})"
+    why = "no /dev/kvm" if not Path("/dev/kvm").exists() else (
+        "/dev/kvm without kvm_intel/kvm_amd (e.g. kvm_pvm, which cannot boot a stock kernel)")
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"], f"tcg: {why}"
+
+
+@dataclass(frozen=True)
+class VmRun:
+    rc: int | None  # the job's exit code; None if the guest never wrote one
+    accel: str
+    boot_s: float | None  # the guest's uptime when its init started
+    wall_s: float
+    out_dir: Path
+
+    @property
+    def log(self) -> str:
+        path = self.out_dir / "job.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def run_job(image: Image, job: str, out_dir: Path, *, timeout_s: float = 1500,
+            cpus: int = 2, memory_mb: int = 2048) -> VmRun:
+    """Boot image, run `job` (sh, in /project) in the guest, return what it left in out_dir."""
+    if shutil.which(QEMU) is None:
+        raise LabError(f"{QEMU} not found", "run 'make setup' (installs qemu-system-x86)")
+    if not image.complete():
+        raise LabError(f"no VM image at {image.dir}", "build it: 'lab vm build'")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("rc", "job.log", "boot.txt"):
+        (out_dir / stale).unlink(missing_ok=True)
+    (out_dir / "job.sh").write_text(job + "\n")
+    accel, why = accelerator()
+    argv = [
+        QEMU, *accel, "-m", str(memory_mb), "-smp", str(cpus), "-nographic", "-no-reboot",
+        "-serial", "file:" + str(out_dir / "console.log"), "-monitor", "none",
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd),
+        "-append", "root=/dev/vda rw console=ttyS0 quiet init=/sbin/bhl-vm-init panic=-1",
+        "-drive", f"file={image.rootfs},format=raw,if=virtio,snapshot=on",
+        "-virtfs", f"local,path={PROJECT},mount_tag=project,security_model=none,readonly=on",
+        "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none",
+        "-nic", "none",
+    ]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise LabError(f"the VM did not finish within {timeout_s:.0f} s (killed)",
+                       f"see {out_dir}/console.log and job.log") from None
+    except BaseException:
+        proc.kill()  # Ctrl-C / SIGTERM: no qemu left behind
+        proc.wait()
+        raise
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise LabError(f"qemu exited with {proc.returncode}: {err.strip()[-300:]}",
+                       f"see {out_dir}/console.log")
+    rc_file = out_dir / "rc"
+    rc = int(rc_file.read_text().strip()) if rc_file.exists() else None
+    boot = None
+    boot_txt = out_dir / "boot.txt"
+    if boot_txt.exists():
+        words = boot_txt.read_text().split()
+        if "up" in words:
+            boot = float(words[words.index("up") + 1])
+    return VmRun(rc, why, boot, wall, out_dir)

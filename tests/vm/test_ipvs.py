@@ -1,0 +1,104 @@
+"""Inside the VM (marker vm; `make vm-test` boots it): the switchover on real IPVS.
+
+Runs scenarios/vm-ipvs.toml with the trial runner, as `lab run` would, and leaves the run in
+$BHL_VM_OUT/run for the host side (tests/vm/test_vm.py), which compares it with nft.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import lb, model, scenario
+from lab.matrix import MatrixRun
+from lab.settings import TrialSettings
+from lab.trial import tolerance
+
+pytestmark = pytest.mark.vm
+ROOT = Path(__file__).resolve().parents[2]
+OUT = Path(os.environ.get("BHL_VM_OUT", "/tmp/bhl-vm-out"))
+
+
+@pytest.fixture(scope="module")
+def run() -> Iterator[tuple[Path, dict[str, dict]]]:
+    assert lb.kernel_has_ipvs(), "this test runs where the kernel has IP_VS (the lab's VM)"
+    run_dir = OUT / "run"
+    scen = scenario.load(ROOT / "scenarios" / "vm-ipvs.toml")
+    # one trial at a time: under TCG the guest's two vCPUs are slow, and three trials side by
+    # side (2 MariaDB, a driver and a capture each) stretch its RTTs and timers
+    rows = MatrixRun(scen, run_dir, parallel=1).run()
+    for r in rows:
+        print(f"{r['trial']}: engine {r['lb']}, outage {r['measured_outage_s']} s "
+              f"(model {r['predicted_outage_s']} s), {r['verdict']}")
+    done = {r["trial"] for r in rows}
+    failed = {t.name: (run_dir / t.name / "error.txt").read_text()[-600:]
+              for t in scen.trials if t.name not in done}
+    assert not failed, failed
+    yield run_dir, {r["trial"]: r for r in rows}
+
+
+def table(trial_dir: Path) -> list[dict[str, str]]:
+    with open(trial_dir / "lb_connections.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def fault_and_recovery(trial_dir: Path) -> tuple[float, float]:
+    with open(trial_dir / "events.csv") as f:
+        ev = {r["event"]: float(r["t_s"]) for r in csv.DictReader(f)
+              if r["event"] in ("fault", "recovered")}
+    return ev["fault"], ev["recovered"]
+
+
+def test_retries2_5_blackholes_on_real_ipvs(run: tuple[Path, dict[str, dict]]) -> None:
+    run_dir, rows = run
+    row = rows["switchover-retries2-5"]
+    assert row["lb"] == "ipvs"
+    outage = float(row["measured_outage_s"])
+    assert 12.0 <= outage <= 16.0, outage
+    assert row["verdict"].startswith("ok"), row["verdict"]
+    # ipvsadm -Lcn during the outage: the entry still points at the removed real server
+    trial = run_dir / "switchover-retries2-5"
+    fault, recovered = fault_and_recovery(trial)
+    old = {r["destination"] for r in table(trial) if float(r["t_s"]) < fault}
+    during = [r for r in table(trial) if fault + 1 < float(r["t_s"]) < recovered - 1]
+    assert old and during
+    stuck = [r for r in during if r["destination"] in old and r["state"] == "ESTABLISHED"]
+    assert stuck, during
+    print(f"ipvsadm -Lcn during the outage: {stuck[-1]}")
+
+
+def test_expire_nodest_conn_recovers_fast_on_real_ipvs(
+    run: tuple[Path, dict[str, dict]]
+) -> None:
+    _, rows = run
+    row = rows["switchover-expire-nodest-conn"]
+    assert row["lb"] == "ipvs"
+    assert float(row["measured_outage_s"]) < 2.0, row
+
+
+def test_netem_latency_stretches_the_blackhole_as_the_model_says(
+    run: tuple[Path, dict[str, dict]]
+) -> None:
+    """latency_ms=50 (netem, client -> lb): a larger RTO, so the retries2 budget is spent in
+    fewer, longer backoffs. The a-priori model takes the RTO as rto_min + the added delay;
+    under TCG the emulation adds some 20-30 ms of its own, so the check uses the RTO the
+    capture measured (the gap from the tail-loss probe to the first RTO retransmission)."""
+    run_dir, rows = run
+    row = rows["switchover-retries2-5-latency-50ms"]
+    short = float(rows["switchover-retries2-5"]["measured_outage_s"])
+    outage = float(row["measured_outage_s"])
+    record = json.loads((run_dir / row["trial"] / "trial.json").read_text())
+    rto = float(record["evidence"]["bh.first_rto_s"])
+    settings = TrialSettings.model_validate(record["settings"])
+    predicted = model.predict(settings, engine="ipvs", rto_s=rto).outage_s
+    assert predicted is not None
+    print(f"tcp_retries2=5 with +50 ms: outage {outage:.2f} s; model {predicted:.2f} s with the "
+          f"measured RTO {1000 * rto:.0f} ms ({row['predicted_outage_s']} s with the a-priori "
+          f"{1000 * model.rto_with_latency(50):.0f} ms); without latency: {short:.2f} s")
+    assert outage > short + 2
+    assert abs(outage - predicted) <= tolerance(predicted)

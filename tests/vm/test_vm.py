@@ -1,0 +1,56 @@
+"""The host side of the VM tests (issue 5): in `make test`, so CI boots the VM too.
+
+Builds the image if its inputs changed, boots it (TCG here: this host's /dev/kvm is kvm_pvm),
+runs tests/vm/test_ipvs.py inside on real IPVS, and compares the IPVS outage with the same
+trial on the nft engine on this host: within 5 %. Prints the image build time, the VM's boot
+and job times, and both outages.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from lab import scenario
+from lab.matrix import MatrixRun
+from lab.vm import cli, image, runner
+
+pytestmark = pytest.mark.root
+ROOT = Path(__file__).resolve().parents[2]
+TRIAL = "switchover-retries2-5"
+
+
+def summary(run_dir: Path) -> dict[str, dict[str, str]]:
+    with open(run_dir / "summary.csv") as f:
+        return {r["trial"]: r for r in csv.DictReader(f)}
+
+
+def test_ipvs_in_the_vm_matches_nft_on_the_host(tmp_path: Path) -> None:
+    report = cli.build_image()
+    assert report.image.complete()
+    vm = runner.run_job(report.image, cli.pytest_job(["tests/vm/test_ipvs.py"]),
+                        tmp_path / "vm-out", timeout_s=900)
+    print(vm.log)
+    print(f"VM ({vm.accel}): init after {vm.boot_s} s, boot to end of tests {vm.wall_s:.1f} s")
+    assert vm.rc == 0, f"the VM tests failed (exit {vm.rc}); console: {tmp_path}/vm-out"
+    ipvs = summary(tmp_path / "vm-out" / "run")[TRIAL]
+    assert ipvs["lb"] == "ipvs"
+
+    # the same trial on this host's nft engine, after the VM (TCG takes both cores)
+    trial = next(t for t in scenario.load(ROOT / "scenarios" / "vm-ipvs.toml",
+                                          ["lb.engine=nft"]).trials if t.name == TRIAL)
+    host_run = tmp_path / "nft"
+    (nft,) = MatrixRun(scenario.Scenario("nft", "", [trial], {}), host_run).run()
+    a, b = float(ipvs["measured_outage_s"]), float(nft["measured_outage_s"])
+    print(f"tcp_retries2=5 switchover: ipvs (VM) {a:.3f} s, nft (host) {b:.3f} s, "
+          f"difference {100 * abs(a - b) / b:.1f} %")
+    assert nft["lb"] == "nft"
+    assert abs(a - b) <= 0.05 * b
+
+
+def test_image_is_cached_by_its_inputs() -> None:
+    """A second build with unchanged inputs is a no-op (the first test built it)."""
+    report = image.build()
+    assert not report.built and report.seconds < 5
