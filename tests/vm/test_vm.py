@@ -2,8 +2,9 @@
 
 Builds the image if its inputs changed, boots it (TCG here: this host's /dev/kvm is kvm_pvm),
 runs tests/vm/test_ipvs.py inside on real IPVS, and compares the IPVS outage with the same
-trial on the nft engine on this host: within 5 %. Prints the image build time, the VM's boot
-and job times, and both outages.
+trial on the nft engine, both in the VM (the engines under the same emulated CPU: 5 %) and on
+this host (the kernel's part, fault -> ETIMEDOUT: 5 %; the whole outage also carries the VM's
+slower reconnect). Prints the image build time, the VM's boot and job times, every outage.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def test_ipvs_in_the_vm_matches_nft_on_the_host(tmp_path: Path) -> None:
     print(vm.log)
     print(f"VM ({vm.accel}): init after {vm.boot_s} s, boot to end of tests {vm.wall_s:.1f} s")
     assert vm.rc == 0, f"the VM tests failed (exit {vm.rc}); console: {tmp_path}/vm-out"
-    ipvs = summary(tmp_path / "vm-out" / "run")[TRIAL]
-    assert ipvs["lb"] == "ipvs"
+    in_vm = summary(tmp_path / "vm-out" / "run")
+    ipvs, nft_vm = in_vm[TRIAL], in_vm[f"{TRIAL}-nft"]
+    assert ipvs["lb"] == "ipvs" and nft_vm["lb"] == "nft"
 
     # the same trial on this host's nft engine, after the VM (TCG takes both cores)
     trial = next(t for t in scenario.load(ROOT / "scenarios" / "vm-ipvs.toml",
@@ -44,10 +46,19 @@ def test_ipvs_in_the_vm_matches_nft_on_the_host(tmp_path: Path) -> None:
     host_run = tmp_path / "nft"
     (nft,) = MatrixRun(scenario.Scenario("nft", "", [trial], {}), host_run).run()
     a, b = float(ipvs["measured_outage_s"]), float(nft["measured_outage_s"])
-    print(f"tcp_retries2=5 switchover: ipvs (VM) {a:.3f} s, nft (host) {b:.3f} s, "
-          f"difference {100 * abs(a - b) / b:.1f} %")
+    da, db = float(ipvs["detect_s"]), float(nft["detect_s"])
+    print(f"tcp_retries2=5 switchover: outage ipvs (VM) {a:.3f} s, nft (host) {b:.3f} s, "
+          f"difference {100 * abs(a - b) / b:.1f} %; fault -> ETIMEDOUT {da:.3f} s vs "
+          f"{db:.3f} s ({100 * abs(da - db) / db:.1f} %)")
+    c = float(nft_vm["measured_outage_s"])
+    print(f"in the VM: ipvs {a:.3f} s, nft {c:.3f} s ({100 * abs(a - c) / c:.1f} %)")
     assert nft["lb"] == "nft"
-    assert abs(a - b) <= 0.05 * b
+    assert abs(a - c) <= 0.05 * c  # the engines, under the same (emulated) CPU
+    # what the engine decides (how long the kernel retransmits into the blackhole): 5 %
+    assert abs(da - db) <= 0.05 * db
+    # the whole outage also holds the VM's reconnect and first transaction, ~0.6 s under TCG
+    # against ~0.05 s here (measured 2.3 % and 4.6 % apart in two runs): 5 % plus that cost
+    assert abs(a - b) <= 0.05 * b + 0.6
 
 
 def test_image_is_cached_by_its_inputs() -> None:
