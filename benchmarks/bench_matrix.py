@@ -5,9 +5,10 @@ cost about its longest trial, not the sum. This runs a scenario as `lab run` doe
 from the run itself: the matrix wall time, each trial's own wall time (build to torn down,
 trial.json facts.wall_s), the longest, their sum and the ratio wall / longest.
 
-    .venv/bin/python benchmarks/bench_matrix.py [SCENARIO] [--parallel 8]
+    .venv/bin/python benchmarks/bench_matrix.py [SCENARIO] [--parallel N]
 
-Default scenario: scenarios/mitigations-short.toml (16 trials, longest ~30 s). `make
+Default scenario: scenarios/mitigations-short.toml (16 trials, longest ~35 s), all of them
+side by side (with fewer slots than trials they queue, and the ratio measures the queue). `make
 reproduce` is the same measurement on the article's matrix with its ~940 s baseline; this
 prints it too for a finished run: `bench_matrix.py --run-dir results/<run>` (wall time from
 run.json's started/ended).
@@ -57,7 +58,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("scenario", nargs="?", type=Path,
                     default=ROOT / "scenarios" / "mitigations-short.toml")
-    ap.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL)
+    ap.add_argument("--parallel", type=int, default=0,
+                    help="trials side by side (default: all of them; lab run's default is "
+                         f"{DEFAULT_PARALLEL})")
     ap.add_argument("--run-dir", type=Path, help="measure a finished run instead of running")
     args = ap.parse_args()
     if args.run_dir:
@@ -66,6 +69,7 @@ def main() -> int:
                 - datetime.fromisoformat(run["started"])).total_seconds()
         return report(wall, trial_walls(args.run_dir))
     scen = scenario.load(args.scenario)
+    args.parallel = args.parallel or len(scen.trials)
     with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
         t0 = time.monotonic()
         MatrixRun(scen, Path(tmp), parallel=args.parallel).run()
