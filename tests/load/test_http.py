@@ -146,5 +146,9 @@ def test_killed_server_resets_then_the_pool_reconnects(
     finally:
         driver.stop()
     after = [e for e in driver.output.events if e["t"] >= fault_t]
-    assert [e["event"] for e in after if e["event"] in ("error", "reconnect")] == [
-        "error", "error", "reconnect"]
+    seq = [e["event"] for e in after if e["event"] in ("error", "reconnect")]
+    # the request's error, the refused connects (one event), the reconnect after the restart;
+    # a connect in the instant the dying server's listener still accepts comes first, then
+    # fails on its request (seen once in CI): error, reconnect, ... in front
+    assert seq in (["error", "error", "reconnect"],
+                   ["error", "reconnect", "error", "error", "reconnect"]), seq
