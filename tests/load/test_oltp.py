@@ -205,7 +205,11 @@ def test_killed_server_is_noticed_at_once(
         refused = wait_for(driver, lambda e: e["detail"].endswith("(connect)"), 3)
         assert refused["detail"].startswith("2003 ")
         time.sleep(0.5)
-        assert len([e for e in events(driver, "error") if e["t"] > error["t"]]) == 1
-        assert not events(driver, "reconnect")
+        # one error event for the whole sequence of refused connects, not one per attempt
+        # (a reconnect may first land on the dying server's listener and fail on its query)
+        refusals = [e for e in events(driver, "error")
+                    if e["t"] > error["t"] and e["detail"].endswith("(connect)")]
+        assert len(refusals) == 1, refusals
+        assert not events(driver, "recovered")  # nothing was served again
     finally:
         assert driver.stop() == 0
