@@ -180,6 +180,39 @@ class Host:
         return _ns_pids(self.ns)
 
 
+class ServerProcess:
+    """A long-running server a layer starts in a namespace (mariadbd, nginx, haproxy): its
+    output appended to a log file, stopped with SIGCONT (a fault may have frozen it) and
+    SIGTERM, SIGKILL if it does not exit in time; stop() tolerates one that already died."""
+
+    def __init__(self, host: Host, argv: Sequence[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._out = open(log_path, "a")  # noqa: SIM115 (closed in stop())
+        try:
+            self.proc = host.popen(argv, stdin=subprocess.DEVNULL, stdout=self._out,
+                                   stderr=subprocess.STDOUT)
+        except BaseException:
+            self._out.close()
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid (ip netns exec execs it), None once it has exited."""
+        return self.proc.pid if self.proc.poll() is None else None
+
+    def stop(self, timeout: float) -> None:
+        if self.proc.poll() is None:
+            for sig in (signal.SIGCONT, signal.SIGTERM):
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait()
+        self._out.close()
+
+
 def _ns_pids(ns: str) -> list[int]:
     """Processes whose network namespace is `ns` (by inode, like `ip netns pids`)."""
     try:

@@ -26,14 +26,14 @@ import tempfile
 import time
 from functools import cache
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import pymysql
 
 from lab.backends.base import Backend
 from lab.errors import LabError
 from lab.load.oltp import SysbenchRandom, create_index_sql, create_table_sql
-from lab.topology import Host
+from lab.topology import Host, ServerProcess
 
 CACHE_DIR = Path(os.environ.get("BHL_CACHE_DIR", "/var/cache/blackhole-lab"))
 DATABASE = "sbtest"
@@ -166,19 +166,6 @@ def _wait_healthy(proc: Pollable, socket_path: Path, log: Path,
         f"{log} ends with:\n{_tail(log)}")
 
 
-def _terminate(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGCONT (a fault may have stopped it), SIGTERM, wait, SIGKILL; tolerates a dead process."""
-    if proc.poll() is None:
-        for sig in (signal.SIGCONT, signal.SIGTERM):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.wait()
-
-
 # --- the template -----------------------------------------------------------------------------
 
 
@@ -304,19 +291,16 @@ class MariaDBServer(Backend):
         self.socket_path = self.dir / "mysqld.sock"
         self.error_log = self.dir / "error.log"
         self.timings: dict[str, float] = {}
-        self._proc: subprocess.Popen[Any] | None = None
-        self._out: IO[str] | None = None
+        self._server: ServerProcess | None = None
 
     @property
     def pid(self) -> int | None:
-        """mariadbd's pid (ip netns exec execs it), None once it has exited."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
+        """mariadbd's pid, None once it has exited."""
+        return self._server.pid if self._server is not None else None
 
     def start(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            raise RuntimeError(f"{self.name}: mariadbd already running (pid {self._proc.pid})")
+        if self.pid is not None:
+            raise RuntimeError(f"{self.name}: mariadbd already running (pid {self.pid})")
         t0 = time.monotonic()
         template = ensure_template(self.tables, self.table_size)
         t1 = time.monotonic()
@@ -328,11 +312,9 @@ class MariaDBServer(Backend):
         argv = _server_argv(self.datadir, self.dir, self.socket_path,
                             f"--bind-address={self.address}", f"--port={self.port}",
                             "--innodb-fast-shutdown=3", f"--report-host={self.name}")
-        self._out = open(self.dir / "mariadbd.out", "a")  # noqa: SIM115 (closed in stop())
-        self._proc = self.host.popen(argv, stdin=subprocess.DEVNULL, stdout=self._out,
-                                     stderr=subprocess.STDOUT)
+        self._server = ServerProcess(self.host, argv, self.dir / "mariadbd.out")
         try:
-            _wait_healthy(self._proc, self.socket_path, self.error_log)
+            _wait_healthy(self._server.proc, self.socket_path, self.error_log)
             self.query("UPDATE sbtest.lab_identity SET name = %s WHERE id = 1", (self.name,))
             self._check_listening()
         except BaseException:
@@ -367,11 +349,8 @@ class MariaDBServer(Backend):
         return str(self.query(IDENTITY_SQL)[0][0])
 
     def stop(self) -> None:
-        t0 = time.monotonic()
-        if self._proc is not None:
-            _terminate(self._proc)
-            self._proc = None
+        if self._server is not None:
+            t0 = time.monotonic()
+            self._server.stop(STOP_TIMEOUT_S)
+            self._server = None
             self.timings["stop_s"] = time.monotonic() - t0
-        if self._out is not None:
-            self._out.close()
-            self._out = None

@@ -25,21 +25,17 @@ backend.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
 
 from lab.backends.base import Backend
 from lab.backends.mariadb import SBIN_PATH, UNIX_PATH_MAX
 from lab.errors import LabError
-from lab.topology import Host
+from lab.topology import Host, ServerProcess
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -128,19 +124,16 @@ class NginxServer(Backend):
         self.socket_path = self.dir / "nginx.sock"
         self.error_log = self.dir / "error.log"
         self.timings: dict[str, float] = {}
-        self._proc: subprocess.Popen[Any] | None = None
-        self._out: IO[str] | None = None
+        self._server: ServerProcess | None = None
 
     @property
     def pid(self) -> int | None:
-        """The single nginx process (ip netns exec execs it), None once it has exited."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
+        """The single nginx process, None once it has exited."""
+        return self._server.pid if self._server is not None else None
 
     def start(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            raise RuntimeError(f"{self.name}: nginx already running (pid {self._proc.pid})")
+        if self.pid is not None:
+            raise RuntimeError(f"{self.name}: nginx already running (pid {self.pid})")
         if len(str(self.socket_path)) > UNIX_PATH_MAX:
             raise LabError(f"unix socket path too long: {self.socket_path}",
                            "use a shorter scratch directory")
@@ -148,12 +141,10 @@ class NginxServer(Backend):
         (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)  # left by a killed server: nginx won't bind
         self.conf.write_text(render_config(self.name, self.address, self.port, self.dir))
-        self._out = open(self.dir / "nginx.out", "a")  # noqa: SIM115 (closed in stop())
         # -e: the error log before the config is read (default /var/log/nginx/error.log)
         argv = [nginx_binary(), "-p", str(self.dir), "-c", str(self.conf),
                 "-e", str(self.error_log)]
-        self._proc = self.host.popen(argv, stdin=subprocess.DEVNULL, stdout=self._out,
-                                     stderr=subprocess.STDOUT)
+        self._server = ServerProcess(self.host, argv, self.dir / "nginx.out")
         try:
             self._wait_healthy()
             self._check_tcp()
@@ -163,13 +154,14 @@ class NginxServer(Backend):
         self.timings = {"start_s": time.monotonic() - t0}
 
     def _wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
-        assert self._proc is not None
+        assert self._server is not None
+        proc = self._server.proc
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError(
-                    f"{self.name}: nginx exited with code {self._proc.returncode} during "
+                    f"{self.name}: nginx exited with code {proc.returncode} during "
                     f"startup; {self.error_log} ends with:\n{_tail(self.error_log)}\n"
                     f"{_tail(self.dir / 'nginx.out')}")
             if self.socket_path.exists():
@@ -201,19 +193,8 @@ class NginxServer(Backend):
 
     def stop(self) -> None:
         """SIGCONT (a fault may have stopped it), SIGTERM (fast shutdown), SIGKILL if stuck."""
-        t0 = time.monotonic()
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                for sig in (signal.SIGCONT, signal.SIGTERM):
-                    with contextlib.suppress(ProcessLookupError):
-                        self._proc.send_signal(sig)
-                try:
-                    self._proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-            self._proc.wait()
-            self._proc = None
+        if self._server is not None:
+            t0 = time.monotonic()
+            self._server.stop(STOP_TIMEOUT_S)
+            self._server = None
             self.timings["stop_s"] = time.monotonic() - t0
-        if self._out is not None:
-            self._out.close()
-            self._out = None

@@ -38,23 +38,19 @@ LVS-NAT semantics mapped onto HAProxy's runtime API (the stats socket, a unix so
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
 from lab.errors import LabError
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
 from lab.settings import LbSettings
-from lab.topology import Host
+from lab.topology import Host, ServerProcess
 
 SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin"  # haproxy's home, often not on root's PATH
 UNIX_PATH_MAX = 107
@@ -178,14 +174,11 @@ class ProxyLoadBalancer(LoadBalancer):
         self._servers: dict[str, _Server] = {}
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
-        self._proc: subprocess.Popen[Any] | None = None
-        self._out: IO[str] | None = None
+        self._server: ServerProcess | None = None
 
     @property
     def pid(self) -> int | None:
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
+        return self._server.pid if self._server is not None else None
 
     def describe(self) -> str:
         return f"proxy {self.vip}:{self.port} (HAProxy mode tcp, {self.tuning.describe()})"
@@ -198,11 +191,9 @@ class ProxyLoadBalancer(LoadBalancer):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         self.config.write_text(render_config(self.vip, self.port, self.socket_path, self.tuning))
-        self._out = open(self.log, "a")  # noqa: SIM115 (closed in close())
         # -db: foreground, no daemon; warnings (missing timeouts) go to the log file
-        self._proc = self.host.popen([haproxy_binary(), "-db", "-f", str(self.config)],
-                                     stdin=subprocess.DEVNULL, stdout=self._out,
-                                     stderr=subprocess.STDOUT)
+        self._server = ServerProcess(self.host, [haproxy_binary(), "-db", "-f",
+                                                 str(self.config)], self.log)
         try:
             self._wait_ready()
         except BaseException:
@@ -210,12 +201,13 @@ class ProxyLoadBalancer(LoadBalancer):
             raise
 
     def _wait_ready(self) -> None:
-        assert self._proc is not None
+        assert self._server is not None
+        proc = self._server.proc
         deadline = time.monotonic() + START_TIMEOUT_S
         last: Exception | None = None
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"haproxy exited with code {self._proc.returncode}; "
+            if proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited with code {proc.returncode}; "
                                    f"{self.log}:\n{self._tail()}")
             if self.socket_path.exists():
                 try:
@@ -355,16 +347,6 @@ class ProxyLoadBalancer(LoadBalancer):
     def close(self) -> None:
         for timer in self._timers:
             timer.cancel()
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self._proc.send_signal(signal.SIGTERM)  # hard stop: closes every session
-                try:
-                    self._proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+        if self._server is not None:
+            self._server.stop(STOP_TIMEOUT_S)  # SIGTERM: a hard stop, closes every session
+            self._server = None
