@@ -107,3 +107,23 @@ def test_netem_latency_stretches_the_blackhole_as_the_model_says(
           f"{1000 * model.rto_with_latency(50):.0f} ms); without latency: {short:.2f} s")
     assert outage > short + 2
     assert abs(outage - predicted) <= tolerance(predicted)
+
+
+def test_drain_keeps_the_old_connection_then_resets_it(
+    run: tuple[Path, dict[str, dict]]
+) -> None:
+    """lb.drain_timeout_s=3 on IPVS: the removed server keeps its connection (weight 0) for
+    3 s, then the lb resets it (expire_nodest_conn=1 + delete) and the client reconnects."""
+    run_dir, rows = run
+    row = rows["switchover-drain-3s"]
+    assert row["lb"] == "ipvs" and float(row["measured_outage_s"]) < 1.0, row
+    with open(run_dir / row["trial"] / "events.csv") as f:
+        ev = list(csv.DictReader(f))
+    fault = next(float(e["t_s"]) for e in ev if e["event"] == "fault")
+    errors = [e for e in ev if e["event"] == "error"]
+    assert errors, "the drain's reset never reached the client"
+    reset_after = float(errors[0]["t_s"]) - fault
+    print(f"drain 3 s on ipvs: first error {reset_after:.2f} s after the switchover: "
+          f"{errors[0]['detail']}")
+    assert 3.0 <= reset_after <= 4.5 and "104" in errors[0]["detail"]
+    assert any(e["event"] == "reconnect" for e in ev)
