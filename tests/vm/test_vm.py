@@ -3,7 +3,8 @@
 Builds the image if its inputs changed, boots it (TCG here: this host's /dev/kvm is kvm_pvm),
 runs tests/vm/test_ipvs.py inside on real IPVS, and compares the IPVS outage with the same
 trial on the nft engine, both in the VM (the engines under the same emulated CPU: 5 %) and on
-this host (where the emulation's late timers and slow reconnect show: 10 %). Prints the image build time, the VM's boot and job times, every outage.
+this host (where the emulation's late timers and slow reconnect show: 10 %). Prints the image
+build time, the VM's boot and job times, every outage.
 """
 
 from __future__ import annotations
