@@ -33,7 +33,6 @@ def timer_part(trial_dir: Path) -> float:
     """First blackholed send -> ETIMEDOUT: the kernel's timers alone. Fault -> first lost send
     varies under TCG (0.05 s on ipvs, 0.69 s on nft in one run of 2026-12-02), and the reconnect
     after the error from 0.5 to 3.3 s, so neither belongs in an engine comparison."""
-
     record = json.loads((trial_dir / "trial.json").read_text())
     with open(trial_dir / "events.csv") as f:
         error = next(float(r["t_s"]) for r in csv.DictReader(f) if r["event"] == "first_error")
