@@ -22,8 +22,11 @@ from lab.trial import tolerance
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = scenario.load(ROOT / "scenarios" / "mitigations-short.toml")
 # side by side, but not all at once: 2 vCPUs run every busy driver and MariaDB server, and
-# CPU starvation stretches the RTO the model assumes (measured: 8 at once costs ~0.3 s)
-PARALLEL = 6
+# CPU starvation stretches what the model assumes (measured: 8 at once costs ~0.3 s on the
+# RTO; at 6, crash-user-timeout-syn-retries took 9.30 s against the model's 8.59 s, each
+# failed connect 3.21 s and the first good one 0.5 s, where alone it takes 8.74-8.79 s in
+# three runs, 3.11 s a connect: 2026-12-03)
+PARALLEL = 4
 
 # the first error the driver sees, by the mechanism that ends the outage. The errno shows as
 # "[Errno 110]" on a read (2013 lost) or as "TimeoutError(110, ...)" on a write (2006 gone).
@@ -87,6 +90,8 @@ def test_measured_outage_matches_the_model(
         return
     assert measured != "", f"{name}: not recovered by the deadline; model said {predicted}s"
     p, m = float(predicted), float(measured)
+    print(f"{name}: measured {m:.2f} s, model {p:.2f} s, margin "
+          f"{tolerance(p) - abs(m - p):.2f} s of {tolerance(p):.2f} s")
     assert abs(m - p) <= tolerance(p), f"{name}: measured {m:.2f}s vs model {p:.2f}s"
     assert row["verdict"].startswith("ok"), row["verdict"]
     want = FIRST_ERROR.get(row["predicted_mechanism"])

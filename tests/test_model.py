@@ -8,6 +8,7 @@ tests/test_model_kernel.py (this VM, HZ=250, tcpi_rto 204 ms).
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import pytest
@@ -66,6 +67,24 @@ def test_retransmissions_start_with_a_tail_loss_probe() -> None:
     seen = [0.208, 0.416, 0.852, 1.684, 3.348, 6.868]
     for want, got in zip(seen, model.retransmission_times(0.204, 6), strict=True):
         assert got == pytest.approx(want, abs=max(0.05 * want, 0.03))
+
+
+@pytest.mark.parametrize("rto", [0.204, 0.212, 0.268, 0.5, 1.0])
+def test_rto_from_backoffs_inverts_the_retransmission_plan(rto: float) -> None:
+    sends = model.retransmit_plan(rto, retries2=8).sends
+    gaps = [b - a for a, b in itertools.pairwise(sends[1:])]  # from the probe on
+    assert model.rto_from_backoffs(gaps) == pytest.approx(math.ceil(rto * 250 - 1e-9) / 250)
+
+
+def test_rto_from_backoffs_of_a_tcg_netem_trial() -> None:
+    """The VM's netem 50 ms trial (2026-12-03): first unacked send -> ETIMEDOUT 17.526 s.
+    The raw gaps over 2^k (0.281 s) put the abort at 18.64 s: the wheel's lateness twice."""
+    gaps = [0.293, 0.535, 1.122, 2.270, 4.352, 8.660]
+    rto = model.rto_from_backoffs(gaps)
+    assert rto == pytest.approx(0.268)
+    assert model.rto_abort_time(5, rto) == pytest.approx(17.526, abs=0.1)
+    with pytest.raises(ValueError):
+        model.rto_from_backoffs([])
 
 
 def test_rto_max_caps_the_gaps() -> None:

@@ -12,6 +12,7 @@ run side by side (each in its own run slot), so the module takes as long as the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -324,3 +325,12 @@ def test_retransmission_schedule_matches_tcpdump(outcomes: dict[str, Outcome]) -
         assert abs(seen - want) <= max(0.05 * want, 0.03), (
             f"transmission at {seen:.3f}s vs model {want:.3f}s (all: {o.sends} vs {plan.sends})"
         )
+
+
+def test_rto_from_backoffs_gives_back_tcpi_rto(outcomes: dict[str, Outcome]) -> None:
+    """The RTO the capture's backoffs show is the one the socket reported (tcpi_rto)."""
+    o = outcomes["retries2=5"]
+    gaps = [b - a for a, b in itertools.pairwise(o.sends[1:])]
+    rto = model.rto_from_backoffs(gaps)
+    print(f"backoffs {[round(g, 3) for g in gaps]} -> rto {rto:.3f} s, tcpi_rto {o.rto_s:.3f} s")
+    assert abs(rto - o.rto_s) <= 1 / model.HZ
