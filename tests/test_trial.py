@@ -7,6 +7,7 @@ the interruption tests run `lab run` as a user would and interrupt it.
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import faults, scenario
+from lab import faults, runtime, scenario
 from lab.matrix import MatrixRun
 from lab.settings import TrialSettings
 from lab.trial import run_trial
@@ -34,11 +35,24 @@ def snapshot() -> tuple[set[str], set[str]]:
             set(procs.strip().splitlines()))
 
 
-def leftovers(before: tuple[set[str], set[str]]) -> tuple[str, str]:
-    """What exists now and did not before: so a user's own lab run beside the tests (its
-    namespaces and servers) is not taken for a leak."""
+def leftovers(before: tuple[set[str], set[str]], mine: int | None = None) -> tuple[str, str]:
+    """What exists now and did not before, less what other live runs own: so a user's own
+    lab run beside the tests (its namespaces and servers, even ones started since `before`)
+    is not taken for a leak. `mine`: the pid of a `lab` the test started."""
     ns, procs = snapshot()
-    return "\n".join(sorted(ns - before[0])), "\n".join(sorted(procs - before[1]))
+    others = [r for r in runtime.recorded_runs() if isinstance(r.get("pid"), int)
+              and r["pid"] not in (os.getpid(), mine) and runtime.pid_alive(r["pid"])]
+    prefixes = tuple(f"{runtime.NS_PREFIX}{r['run_id']}-" for r in others)
+    dirs = [str(r["workdir"]) for r in others]
+    return ("\n".join(sorted(n for n in ns - before[0] if not n.startswith(prefixes))),
+            "\n".join(sorted(p for p in procs - before[1] if not any(d in p for d in dirs))))
+
+
+def as_from_a_terminal() -> None:
+    """SIGINT back to its default in the child, as Ctrl-C finds a foreground process: a
+    launcher that ran the tests in the background (`cmd &` without job control) leaves it
+    ignored, and Python keeps an ignored SIGINT (2026-12-03: lab ran on, exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def host_sysctls() -> dict[str, str]:
@@ -125,10 +139,10 @@ def test_interrupt_mid_trial_tears_everything_down(tmp_path: Path, signum: int) 
     proc = subprocess.Popen(
         [sys.executable, "-m", "lab.cli", "run", str(ROOT / "scenarios" / "ci-short.toml"),
          "--set", "client.tcp_retries2=15", "--out", str(tmp_path), "--plain"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     time.sleep(12)  # well into the outage (fault at 5 s after load start)
     assert proc.poll() is None, proc.communicate()
-    assert leftovers(existing)[0], "expected the running trial's namespaces"
+    assert leftovers(existing, proc.pid)[0], "expected the running trial's namespaces"
     proc.send_signal(signum)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
