@@ -137,3 +137,10 @@ def recorded_runs() -> list[dict[str, object]]:
         except (OSError, ValueError):
             continue
     return runs
+
+
+def live_runs(exclude_pids: tuple[int | None, ...] = ()) -> list[dict[str, object]]:
+    """Recorded runs whose process is alive, less those of `exclude_pids`: what a leak check
+    must leave to its owner (a user's run beside the tests)."""
+    return [r for r in recorded_runs() if isinstance(r.get("pid"), int)
+            and r["pid"] not in exclude_pids and pid_alive(r["pid"])]

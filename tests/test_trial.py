@@ -40,8 +40,7 @@ def leftovers(before: tuple[set[str], set[str]], mine: int | None = None) -> tup
     lab run beside the tests (its namespaces and servers, even ones started since `before`)
     is not taken for a leak. `mine`: the pid of a `lab` the test started."""
     ns, procs = snapshot()
-    others = [r for r in runtime.recorded_runs() if isinstance(r.get("pid"), int)
-              and r["pid"] not in (os.getpid(), mine) and runtime.pid_alive(r["pid"])]
+    others = runtime.live_runs((os.getpid(), mine))
     prefixes = tuple(f"{runtime.NS_PREFIX}{r['run_id']}-" for r in others)
     dirs = [str(r["workdir"]) for r in others]
     return ("\n".join(sorted(n for n in ns - before[0] if not n.startswith(prefixes))),

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from lab import cleanup, docker_engine, docker_image, scenario
+from lab import cleanup, docker_engine, docker_image, runtime, scenario
 from lab.matrix import MatrixRun
 from lab.settings import TrialSettings
 
@@ -49,7 +49,11 @@ def snapshot() -> dict[str, set[str]]:
 
 
 def new_since(before: dict[str, set[str]]) -> dict[str, set[str]]:
+    """What appeared since `before`, less the namespaces of other live runs (a user's run
+    that started meanwhile)."""
     now = snapshot()
+    theirs = tuple(f"{runtime.NS_PREFIX}{r['run_id']}-" for r in runtime.live_runs((os.getpid(),)))
+    now["namespaces"] = {n for n in now["namespaces"] if not n.startswith(theirs)}
     return {k: now[k] - before[k] for k in before if now[k] - before[k]}
 
 
