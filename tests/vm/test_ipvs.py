@@ -19,6 +19,8 @@ from lab.matrix import MatrixRun
 from lab.settings import TrialSettings
 from lab.trial import tolerance
 
+from .evidence import timer_part
+
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(os.environ.get("BHL_VM_OUT", "/tmp/bhl-vm-out"))
@@ -107,9 +109,7 @@ def kernel_part(trial_dir: Path) -> tuple[float, float, float]:
     rto = model.rto_from_backoffs(gaps)
     assert settings.client.tcp_retries2 is not None
     predicted = model.rto_abort_time(settings.client.tcp_retries2, rto)
-    with open(trial_dir / "events.csv") as f:
-        error = next(float(r["t_s"]) for r in csv.DictReader(f) if r["event"] == "first_error")
-    return error - float(record["evidence"]["bh.first_lost_t_s"]), predicted, rto
+    return timer_part(trial_dir), predicted, rto
 
 
 def test_netem_latency_stretches_the_blackhole_as_the_model_says(

@@ -10,7 +10,6 @@ build time, the VM's boot and job times, every outage.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,8 @@ import pytest
 from lab import scenario
 from lab.matrix import MatrixRun
 from lab.vm import cli, image, runner
+
+from .evidence import timer_part
 
 pytestmark = pytest.mark.root
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,16 +28,6 @@ TRIAL = "switchover-retries2-5"
 def summary(run_dir: Path) -> dict[str, dict[str, str]]:
     with open(run_dir / "summary.csv") as f:
         return {r["trial"]: r for r in csv.DictReader(f)}
-
-
-def timer_part(trial_dir: Path) -> float:
-    """First blackholed send -> ETIMEDOUT: the kernel's timers alone. Fault -> first lost send
-    varies under TCG (0.05 s on ipvs, 0.69 s on nft in one run of 2026-12-02), and the reconnect
-    after the error from 0.5 to 3.3 s, so neither belongs in an engine comparison."""
-    record = json.loads((trial_dir / "trial.json").read_text())
-    with open(trial_dir / "events.csv") as f:
-        error = next(float(r["t_s"]) for r in csv.DictReader(f) if r["event"] == "first_error")
-    return error - float(record["evidence"]["bh.first_lost_t_s"])
 
 
 def test_ipvs_in_the_vm_matches_nft_on_the_host(tmp_path: Path) -> None:

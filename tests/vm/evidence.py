@@ -1,0 +1,18 @@
+"""Readers of a VM trial's evidence shared by the host side (test_vm) and the guest side
+(test_ipvs): not tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+
+def timer_part(trial_dir: Path) -> float:
+    """First blackholed send -> ETIMEDOUT: the kernel's timers alone. Fault -> first lost send
+    varies under TCG (0.05 s on ipvs, 0.69 s on nft in one run of 2026-12-02), and the reconnect
+    after the error from 0.5 to 3.3 s, so neither belongs in a check of the timers."""
+    record = json.loads((trial_dir / "trial.json").read_text())
+    with open(trial_dir / "events.csv") as f:
+        error = next(float(r["t_s"]) for r in csv.DictReader(f) if r["event"] == "first_error")
+    return error - float(record["evidence"]["bh.first_lost_t_s"])
