@@ -54,6 +54,16 @@ DEFAULT_RTO_S = 0.204
 VETH_RTT_S = 0.00015  # the lab's veth path without added latency (srtt ~0.15 ms)
 # Reconnect + MySQL handshake + first transaction on a healthy backend (same-host namespaces).
 DEFAULT_RECONNECT_S = 0.05
+# What a failed connect attempt costs the driver on top of the timeout that ends it. PyMySQL
+# 1.2 builds a TLS context (ssl "PREFERRED" by default: load_default_certs, ~30 ms of CPU)
+# before every connect: in a netns whose peer drops the SYNs, pymysql.connect(connect_timeout=1)
+# fails after 1.034 s (median of 5) where a bare socket with a 1 s timeout fails after 1.001 s;
+# cProfile puts 30 ms in SSLContext.set_default_verify_paths. http.client builds nothing.
+# The lab's oltp and http drivers then pause RECONNECT_PAUSE_S (5 ms, lab/load/oltp.py) before
+# the next attempt; sysbench's mysql_drv_reconnect every 1 ms.
+RECONNECT_PAUSE_S = 0.005
+CONNECT_ATTEMPT_COST_S = {"oltp": 0.033 + RECONNECT_PAUSE_S, "http": RECONNECT_PAUSE_S,
+                          "sysbench": 0.001}
 # A follow-up failover "F s after the fault" takes effect this much later: the trial runs it
 # after inject() returned, and an nft transaction takes ~10 ms. A busy client's query that is
 # outstanding at the fault therefore still reaches the old backend even with F=0.
@@ -151,11 +161,33 @@ def _wheel_lateness(delay_j: int) -> float:
     At HZ=250 that is +4 ms for the 204 ms RTO, +18 ms at 0.4-2 s, +130 ms at 2-16 s and
     +1 s for the 16-129 s timers: it is why a tcp_retries2=15 abort comes ~10 s after 924.6 s.
     """
+    level = _wheel_level(delay_j)
+    return 1.0 if level == 0 else (8**level + 1) / 2
+
+
+def _wheel_level(delay_j: int) -> int:
     level, start = 0, 63
     while delay_j >= start:
         level += 1
         start <<= 3
-    return 1.0 if level == 0 else (8**level + 1) / 2
+    return level
+
+
+def _rearmed_lateness(delay_j: int, fired_level: int) -> float:
+    """Jiffies late a timer fires when it is re-armed from a timer that fired on `fired_level`.
+
+    A level-n bucket runs at a jiffy that is a multiple of 8^n, so a timer re-armed from it
+    on the same or a lower level (n >= 1) lands on a known bucket: it fires exactly
+    8^n - delay mod 8^n jiffies late (8^n when that is 0), not the average. The SYN timer
+    shows it: 250 jiffies fire 256 later, every time (tcp_syn_retries=1 aborts 3.072 s after
+    a connect() that starts on a bucket, measured 7 times in a row in a netns whose peer
+    drops the SYNs: 3.072 s each; the average rule says 3.054 s).
+    """
+    level = _wheel_level(delay_j)
+    if level == 0 or level > fired_level:
+        return _wheel_lateness(delay_j)
+    gran = 8**level
+    return float(gran - delay_j % gran)
 
 
 def timer_delay(delay_s: float, hz: int = HZ, *, wheel: bool = True) -> float:
@@ -346,9 +378,14 @@ def syn_abort_time(
     2 -> 7.15 s, 3 -> 19.6 s, 6 -> 133.4 s (PyMySQL's connect_timeout, 10 s, usually wins).
     """
     budget = tcp_model_timeout(syn_retries, TCP_TIMEOUT_INIT_S, TCP_RTO_MAX_S)
-    t, rto, sent = 0.0, TCP_TIMEOUT_INIT_S, 0
+    t, rto, sent, fired_level = 0.0, TCP_TIMEOUT_INIT_S, 0, -1
     while True:
-        t += timer_delay(rto, hz, wheel=wheel)
+        if wheel and fired_level >= 0:  # re-armed by the last firing: a known bucket
+            j = _jiffies(rto, hz)
+            t += (j + _rearmed_lateness(j, fired_level)) / hz
+        else:
+            t += timer_delay(rto, hz, wheel=wheel)
+        fired_level = _wheel_level(_jiffies(rto, hz))
         if sent >= syn_retries + linear_timeouts or (sent > 0 and t >= budget - 1e-6):
             return t
         sent += 1
@@ -550,6 +587,7 @@ def predict(
     syn_fail = syn_abort_time(c.tcp_syn_retries or TCP_SYN_RETRIES, hz=hz)
     # sysbench 1.0.20 sets no MYSQL_OPT_CONNECT_TIMEOUT: only the kernel's SYN retries end it
     connect_fail = syn_fail if load.driver == "sysbench" else min(c.connect_timeout_s, syn_fail)
+    attempt_s = CONNECT_ATTEMPT_COST_S[load.driver]
     failed: list[str] = []
     for _ in range(100_000):
         fate = new_conn(s)
@@ -559,14 +597,14 @@ def predict(
             failed.append("refused")
             s = F
         elif fate == "syn_drop":
-            failed.append(f"SYN dropped, {connect_fail:g}s")
-            s += connect_fail
+            failed.append(f"SYN dropped, {connect_fail:g}s + {attempt_s:.3f}s client")
+            s += connect_fail + attempt_s
         elif R is None:  # hung backend: the handshake completes, the greeting never comes
             notes.append("the reconnect lands on the hung backend and waits forever")
             return Prediction(None, "never", detect, "; ".join(notes))
         else:
-            failed.append(f"hung backend, read_timeout {R:g}s")
-            s += R
+            failed.append(f"hung backend, read_timeout {R:g}s + {attempt_s:.3f}s client")
+            s += R + attempt_s
     if failed:
         notes.append(
             f"{len(failed)} reconnect(s) before the failover at {_fmt(F)} fail ({failed[0]})"

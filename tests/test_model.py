@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab import model
+from lab.load import oltp
 from lab.settings import ClientSettings, FaultSettings, LbSettings, LoadSettings, TrialSettings
 
 MECHANISMS = {
@@ -277,7 +278,8 @@ def test_sysbench_reconnect_waits_for_the_syn_retries() -> None:
     t = TrialSettings(client=ClientSettings(tcp_retries2=3), load=LoadSettings(driver="sysbench"),
                       fault=FaultSettings(kind="crash", failover_after_s=20))
     p = model.predict(t)
-    assert p.outage_s == pytest.approx(model.rto_abort_time(3) + model.syn_abort_time(6) + 0.05)
+    assert p.outage_s == pytest.approx(
+        model.rto_abort_time(3) + model.syn_abort_time(6) + 0.001 + 0.05)
 
 
 PROXY = {"engine": "proxy"}
@@ -409,3 +411,23 @@ def test_user_timeout_never_longer_than_retries2_budget_in_predict(
                                    load=load))
     assert base.outage_s is not None and with_uto.outage_s is not None
     assert with_uto.outage_s <= base.outage_s + 1e-9
+
+
+def test_each_failed_connect_costs_the_driver_its_setup() -> None:
+    """A reconnect into a dropped SYN costs PyMySQL its TLS context and the driver's pause on
+    top of the timeout; the model mirrors the oltp driver's pause."""
+    t = trial({"tcp_user_timeout_ms": 2000, "tcp_syn_retries": 1, "connect_timeout_s": 30},
+              fault={"kind": "crash", "failover_after_s": 6})
+    p = model.predict(t)
+    detect = p.detect_s
+    assert detect is not None
+    each = model.syn_abort_time(1) + model.CONNECT_ATTEMPT_COST_S["oltp"]
+    assert p.outage_s == pytest.approx(detect + 2 * each + model.DEFAULT_RECONNECT_S)
+    assert model.RECONNECT_PAUSE_S == oltp.RECONNECT_PAUSE_S
+
+
+def test_rearmed_syn_timers_fire_on_known_buckets() -> None:
+    # 250 jiffies from a level-1 bucket fire 256 later: tcp_syn_retries=1 aborts at
+    # 1.018 (first, average) + 2 * 1.024 s; measured 3.071-3.076 s, back to back
+    assert model.syn_abort_time(1) == pytest.approx(3.066)
+    assert model.syn_abort_time(1, wheel=False) == pytest.approx(3.0)
