@@ -7,7 +7,6 @@ $BHL_VM_OUT/run for the host side (tests/vm/test_vm.py), which compares it with 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +15,9 @@ import pytest
 
 from lab import lb, model, scenario
 from lab.matrix import MatrixRun
-from lab.settings import TrialSettings
 from lab.trial import tolerance
 
-from .evidence import timer_part
+from .evidence import kernel_part
 
 pytestmark = pytest.mark.vm
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,20 +94,6 @@ def test_expire_nodest_conn_recovers_fast_on_real_ipvs(
     print(f"expire_nodest_conn=1 on ipvs: error {detect:.3f} s after the switchover, outage "
           f"{outage:.3f} s (margin {1.0 - detect:.3f} s to the 1 s bound)")
     assert detect < 1.0, row
-
-
-def kernel_part(trial_dir: Path) -> tuple[float, float, float]:
-    """First unacked send -> ETIMEDOUT, measured and as the model has it (rto_abort_time) with
-    the RTO the capture's backoffs show; and that RTO. Fault -> first lost send is the lb's
-    and the emulation's part (ipvsadm takes ~0.14 s under TCG), printed by the callers."""
-    record = json.loads((trial_dir / "trial.json").read_text())
-    settings = TrialSettings.model_validate(record["settings"])
-    with open(trial_dir / "retransmits.csv") as f:
-        gaps = [float(r["gap_s"]) for r in csv.DictReader(f) if r["kind"] == "rto"]
-    rto = model.rto_from_backoffs(gaps)
-    assert settings.client.tcp_retries2 is not None
-    predicted = model.rto_abort_time(settings.client.tcp_retries2, rto)
-    return timer_part(trial_dir), predicted, rto
 
 
 def test_netem_latency_stretches_the_blackhole_as_the_model_says(
