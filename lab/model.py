@@ -378,14 +378,12 @@ def syn_abort_time(
     2 -> 7.15 s, 3 -> 19.6 s, 6 -> 133.4 s (PyMySQL's connect_timeout, 10 s, usually wins).
     """
     budget = tcp_model_timeout(syn_retries, TCP_TIMEOUT_INIT_S, TCP_RTO_MAX_S)
-    t, rto, sent, fired_level = 0.0, TCP_TIMEOUT_INIT_S, 0, -1
+    t, rto, sent, fired_level = 0.0, TCP_TIMEOUT_INIT_S, 0, -1  # -1: armed by connect()
     while True:
-        if wheel and fired_level >= 0:  # re-armed by the last firing: a known bucket
-            j = _jiffies(rto, hz)
-            t += (j + _rearmed_lateness(j, fired_level)) / hz
-        else:
-            t += timer_delay(rto, hz, wheel=wheel)
-        fired_level = _wheel_level(_jiffies(rto, hz))
+        j = _jiffies(rto, hz)
+        # re-armed by the last firing, the timer lands on a known bucket
+        t += (j + _rearmed_lateness(j, fired_level)) / hz if wheel else rto
+        fired_level = _wheel_level(j)
         if sent >= syn_retries + linear_timeouts or (sent > 0 and t >= budget - 1e-6):
             return t
         sent += 1
