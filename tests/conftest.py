@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.runtime import Run, new_run
-from lab.topology import Network, Topology
+from lab.net.runtime import Run, new_run
+from lab.net.topology import Network, Topology
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import ipaddress
 
 from lab.backends.base import Backend
-from lab.backends.container import DockerMariaDB, DockerNginx
+from lab.backends.docker.container import DockerMariaDB, DockerNginx
 from lab.backends.mariadb import MariaDBServer
 from lab.backends.nginx import NginxServer
-from lab.settings import TrialSettings
-from lab.topology import Host
+from lab.config.settings import TrialSettings
+from lab.net.topology import Host
 
 __all__ = ["Backend", "make"]
 

@@ -7,7 +7,7 @@ import os
 import signal
 from abc import ABC, abstractmethod
 
-from lab.topology import Host
+from lab.net.topology import Host
 
 
 class Backend(ABC):

@@ -33,7 +33,7 @@ import pymysql
 from lab.backends.base import Backend
 from lab.errors import LabError
 from lab.load.oltp import SysbenchRandom, create_index_sql, create_table_sql
-from lab.topology import Host, ServerProcess
+from lab.net.topology import Host, ServerProcess
 
 CACHE_DIR = Path(os.environ.get("BHL_CACHE_DIR", "/var/cache/blackhole-lab"))
 DATABASE = "sbtest"

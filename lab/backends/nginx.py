@@ -35,7 +35,7 @@ from pathlib import Path
 from lab.backends.base import Backend
 from lab.backends.mariadb import SBIN_PATH, UNIX_PATH_MAX
 from lab.errors import LabError
-from lab.topology import Host, ServerProcess
+from lab.net.topology import Host, ServerProcess
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0

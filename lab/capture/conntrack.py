@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from lab.topology import Host
+from lab.net.topology import Host
 
 CSV_COLUMNS = ("t_s", "pro", "expire", "expire_s", "state", "source", "virtual", "destination",
                "mark")
@@ -111,7 +111,6 @@ def conntrack_cli(host: Host, proto: str = "tcp") -> list[LbConnection]:
 def ipvsadm_cli(host: Host) -> list[LbConnection]:
     """IPVS's connection table, `ipvsadm -Lcn` in the LB namespace."""
     from lab.lb.ipvs import parse_ipvsadm_conn_line
-
     out = host.run(["ipvsadm", "-L", "-c", "-n"], check=False).stdout
     conns = [parse_ipvsadm_conn_line(line, {}) for line in out.splitlines()]
     return [LbConnection(c.protocol, int(c.expire_s), c.state, c.source, c.virtual,

@@ -28,7 +28,7 @@ from lab.capture.conntrack import ConntrackSnapshots
 from lab.capture.snapshots import SnapshotLoop
 from lab.capture.sniffer import CaptureStats, PacketCapture
 from lab.capture.sockets import SocketSnapshots
-from lab.topology import Host
+from lab.net.topology import Host
 
 
 @dataclass

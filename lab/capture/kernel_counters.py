@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from lab.topology import Host, in_netns
+from lab.net.topology import Host, in_netns
 
 TCP_COUNTERS = (
     "TcpRetransSegs",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lab.errors import LabError
-from lab.topology import Host
+from lab.net.topology import Host
 
 TOOLS = ("auto", "scapy", "tcpdump")
 # Above this many packets/s the scapy child (one Python thread) starts to fall behind on a

@@ -9,13 +9,13 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from lab.config.settings import LbSettings
 from lab.errors import LabError
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
 from lab.lb.ipvs import IpvsLoadBalancer
 from lab.lb.nft import NftLoadBalancer
 from lab.lb.proxy import ProxyLoadBalancer, haproxy_binary
-from lab.settings import LbSettings
-from lab.topology import Host
+from lab.net.topology import Host
 
 __all__ = ["Connection", "LbOptions", "LoadBalancer", "RealServer", "choose_engine", "make"]
 

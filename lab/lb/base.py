@@ -21,8 +21,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lab.settings import LbSettings
-from lab.topology import Host
+from lab.config.settings import LbSettings
+from lab.net.topology import Host
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import threading
 from pyroute2 import IPVS, IPVSDest, IPVSService
 
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
-from lab.topology import Host
+from lab.net.topology import Host
 
 MASQ = 0  # IP_VS_CONN_F_MASQ: NAT, what `ipvsadm -a ... -m` asks for
 

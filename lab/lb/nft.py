@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
-from lab.topology import Host
+from lab.net.topology import Host
 
 TABLE_PREFIX = "bhl_lvs_"  # one table per virtual service: bhl_lvs_<port>
 

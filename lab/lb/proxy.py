@@ -47,10 +47,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.config.settings import LbSettings
 from lab.errors import LabError
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
-from lab.settings import LbSettings
-from lab.topology import Host, ServerProcess
+from lab.net.topology import Host, ServerProcess
 
 SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin"  # haproxy's home, often not on root's PATH
 UNIX_PATH_MAX = 107

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.topology import Host
+from lab.net.topology import Host
 
 SAMPLE_FIELDS = ("tps", "qps", "reads", "writes", "other", "lat_p95_ms", "errors", "reconnects")
 

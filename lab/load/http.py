@@ -33,6 +33,7 @@ import sys
 import time
 from typing import Any
 
+from lab.config.settings import ClientSettings, LoadSettings
 from lab.load import oltp
 from lab.load.oltp import (
     Clock,
@@ -42,7 +43,6 @@ from lab.load.oltp import (
     apply_sockopts,
     emit_event,
 )
-from lab.settings import ClientSettings, LoadSettings
 
 
 class HttpTarget(Target):

@@ -51,8 +51,8 @@ from typing import Any, NoReturn
 import pymysql
 from pydantic import BaseModel, ConfigDict, Field
 
+from lab.config.settings import ClientSettings, LoadSettings
 from lab.load.base import emit, sysbench_line
-from lab.settings import ClientSettings, LoadSettings
 
 # --- sysbench compatibility ------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.vm.image import PROJECT, Image
+from lab.images.vm import PROJECT, Image
 
 QEMU = "qemu-system-x86_64"
 

@@ -15,7 +15,7 @@ import pytest
 from lab.backends import mariadb
 from lab.backends.mariadb import MariaDBServer, check_binaries, ensure_template
 from lab.errors import LabError
-from lab.topology import Network
+from lab.net.topology import Network
 
 # runs inside the client namespace: the only place a TCP client may live
 CLIENT_PROBE = """

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import scenario
 from lab.backends.nginx import KEEPALIVE_S, NginxServer, render_config
-from lab.matrix import MatrixRun
-from lab.topology import Network
+from lab.config import scenario
+from lab.experiment.matrix import MatrixRun
+from lab.net.topology import Network
 
 ROOT = Path(__file__).resolve().parents[2]
 

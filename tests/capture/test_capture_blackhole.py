@@ -28,8 +28,8 @@ from lab.capture.conntrack import ConntrackSnapshots, LbConnection
 from lab.capture.evidence import Evidence
 from lab.capture.sniffer import CaptureStats
 from lab.capture.sockets import NO_SOCKET
-from lab.runtime import Run, new_run
-from lab.topology import Network, Topology
+from lab.net.runtime import Run, new_run
+from lab.net.topology import Network, Topology
 
 pytestmark = pytest.mark.root
 
@@ -164,7 +164,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     if shutil.which("tcpdump") is None:
         pytest.skip("tcpdump not installed")
     base = tmp_path_factory.mktemp("capture")
-    # Runs are claimed here, one after the other: lab.runtime's slot claim is not safe
+    # Runs are claimed here, one after the other: lab.net.runtime's slot claim is not safe
     # between threads (a claimer can read another's slot file before its owner is written).
     runs: dict[str, Run] = {}
     try:

@@ -8,10 +8,10 @@ import ipaddress
 import pytest
 
 from lab import lb
+from lab.config.settings import LbSettings
 from lab.errors import LabError
 from lab.lb.base import LbOptions, RealServer
 from lab.lb.ipvs import masq_dest, parse_ipvsadm_conn_line
-from lab.settings import LbSettings
 
 IPVSADM_LCN = """\
 IPVS connection entries

@@ -12,8 +12,8 @@ import pytest
 
 from lab.lb import LbOptions, RealServer, make
 from lab.lb.nft import parse_conntrack_line
-from lab.runtime import Run
-from lab.topology import Network, lvs_topology, lvs_vip
+from lab.net.runtime import Run
+from lab.net.topology import Network, lvs_topology, lvs_vip
 
 ECHO = str(Path(__file__).with_name("echo.py"))
 PORT = 7000

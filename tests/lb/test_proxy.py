@@ -2,7 +2,7 @@
 blackhole (issue 6, bar 2). Real namespaces, real HAProxy, real MariaDB, no mocks.
 
 The layer-7 trials run scenarios/proxy-layer7.toml side by side with `proxy_trial` below:
-the same phases as lab.trial.run_trial (build, load, inject, observe), but the test keeps
+the same phases as lab.experiment.trial.run_trial (build, load, inject, observe), but the test keeps
 the namespaces, so it can read the client's and the proxy's kernel counters (nstat) before
 and after the fault, and the trial gets its lb.proxy_* settings (see the report: run_trial
 does not pass them to the engine yet).
@@ -23,13 +23,15 @@ from typing import Any
 
 import pytest
 
-from lab import backends, faults, lb, scenario
+from lab import backends, lb
+from lab.config import scenario
+from lab.config.settings import LbSettings, TrialSettings
+from lab.experiment import faults
 from lab.lb import LbOptions, RealServer
 from lab.lb.proxy import ProxyLoadBalancer, ProxyTuning, _duration_s, parse_show_sess, render_config
 from lab.load.base import DriverProcess
-from lab.runtime import Run, new_run
-from lab.settings import LbSettings, TrialSettings
-from lab.topology import Host, Network, lvs_topology, lvs_vip
+from lab.net.runtime import Run, new_run
+from lab.net.topology import Host, Network, lvs_topology, lvs_vip
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = str(Path(__file__).with_name("echo.py"))

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from lab.backends.nginx import NginxServer
+from lab.config.settings import ClientSettings, LoadSettings
 from lab.load.base import DriverProcess
 from lab.load.http import HttpConfig, make_config
-from lab.settings import ClientSettings, LoadSettings
-from lab.topology import Network
+from lab.net.topology import Network
 
 SYSBENCH_LINE = re.compile(
     r"^\[ (\d+)s \] thds: (\d+) tps: ([\d.]+) qps: ([\d.]+) \(r/w/o: ([\d.]+)/([\d.]+)/([\d.]+)\)"

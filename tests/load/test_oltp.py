@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from lab.backends.mariadb import MariaDBServer
+from lab.config.settings import ClientSettings, LoadSettings
 from lab.load.base import DriverProcess
 from lab.load.oltp import (
     QUERIES_PER_TXN,
@@ -22,8 +23,7 @@ from lab.load.oltp import (
     make_config,
     p95,
 )
-from lab.settings import ClientSettings, LoadSettings
-from lab.topology import Network
+from lab.net.topology import Network
 
 SYSBENCH_LINE = re.compile(
     r"^\[ (\d+)s \] thds: (\d+) tps: ([\d.]+) qps: ([\d.]+) \(r/w/o: ([\d.]+)/([\d.]+)/([\d.]+)\)"

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from lab import scenario
 from lab.backends.mariadb import MariaDBServer
+from lab.config import scenario
+from lab.config.settings import LoadSettings, TrialSettings
+from lab.experiment.matrix import MatrixRun
 from lab.load.base import DriverProcess
 from lab.load.oltp import OltpConfig, Target
 from lab.load.sysbench import (
@@ -31,9 +33,7 @@ from lab.load.sysbench import (
     parse_sample,
     sysbench_argv,
 )
-from lab.matrix import MatrixRun
-from lab.settings import LoadSettings, TrialSettings
-from lab.topology import Network
+from lab.net.topology import Network
 
 ROOT = Path(__file__).resolve().parents[2]
 

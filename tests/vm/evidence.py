@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from lab import model
-from lab.settings import TrialSettings
+from lab.config.settings import TrialSettings
 
 
 def timer_part(trial_dir: Path) -> float:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import lb, model, scenario
-from lab.matrix import MatrixRun
-from lab.trial import tolerance
+from lab import lb, model
+from lab.config import scenario
+from lab.experiment.matrix import MatrixRun
+from lab.experiment.trial import tolerance
 
 from .evidence import kernel_part
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from lab import scenario
-from lab.matrix import MatrixRun
-from lab.vm import cli, image, runner
+from lab.cli import vm as cli
+from lab.config import scenario
+from lab.experiment.matrix import MatrixRun
+from lab.images import vm as image
+from lab.vm import runner
 
 from .evidence import kernel_part
 

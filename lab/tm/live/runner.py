@@ -36,14 +36,14 @@ from typing import Any, TextIO
 
 from lab.errors import LabError
 from lab.lb.base import LbOptions, RealServer
-from lab.runtime import Run, new_run
+from lab.net.runtime import Run, new_run
+from lab.net.topology import Host, Network, Topology, lvs_vip
 from lab.tm.live import report
 from lab.tm.live.lb import WeightedNftLoadBalancer, integer_weights
 from lab.tm.live.manager import Manager, Outcome, describe
 from lab.tm.live.scenario import Event, Scenario
 from lab.tm.live.stats import MIN_SPAN_S, Measured, Report, SiteStats, between, parse_report
 from lab.tm.model import Plan, fmt_u
-from lab.topology import Host, Network, Topology, lvs_vip
 
 SITE_PORT = 8080
 SERVICE_PORT_BASE = 8000  # service of (home i, plan p): 8000 + 10 * i + p

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from lab.lb.base import LbOptions, RealServer
 from lab.lb.nft import NftLoadBalancer
-from lab.runtime import Run
+from lab.net.runtime import Run
+from lab.net.topology import Network, Topology, lvs_vip
 from lab.tm.live.lb import WeightedNftLoadBalancer, integer_weights, interleave
-from lab.topology import Network, Topology, lvs_vip
 
 PEER = str(Path(__file__).with_name("peer.py"))
 

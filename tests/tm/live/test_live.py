@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.tm import cli
+from lab.cli import tm as cli
 from lab.tm.live import report, runner, scenario
 
 SCENARIOS = Path(__file__).resolve().parents[3] / "scenarios" / "tm"

@@ -1,0 +1,336 @@
+"""Provider `docker`: the same MariaDB / NGINX servers, each in a container.
+
+A container gets no Docker networking (network_mode "none"). Once it runs, the topology layer
+moves the backend host's links into the container's network namespace and re-points the
+host's namespace name at it (lab.net.topology.adopt_namespace), so the LB engines, faults, captures
+and drivers work on it by name, unchanged. Faults map onto the container: crash = its link's
+packets dropped (nft in its namespace, as for a process), kill = kill -9 of its server process
+(the container's PID 1), hang = `docker pause` (the cgroup freezer: the kernel still ACKs).
+
+A folder of the host's scratch dir is bind-mounted at MOUNT: the server's unix socket, logs and
+config live there, so setup and health checks go over the unix socket from the host as for a
+process backend, and never over TCP from the host namespace. The containers carry the run's
+labels (lab.backends.docker.engine.run_labels) and are removed, thawed first, on stop().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+from lab.backends.docker import engine as docker_engine
+from lab.backends.mariadb import (
+    UNIX_PATH_MAX,
+    MariaDBServer,
+    _connect_unix,
+    _load_sbtest,
+    _server_argv,
+    _wait_healthy,
+)
+from lab.backends.nginx import NginxServer, get_unix, render_config
+from lab.errors import LabError
+from lab.images import docker as docker_image
+from lab.net.topology import Host, adopt_namespace
+
+MOUNT = "/run/lab"
+START_TIMEOUT_S = 60.0  # an official mysql image initialises its datadir on first start
+# "auto" without the lab image: the official images (they have an entrypoint that sets up)
+OFFICIAL = {"mariadb": "mysql", "nginx": "nginx"}
+
+
+def resolve_image(client: docker.DockerClient, kind: str, setting: str) -> tuple[str, bool]:
+    """(image reference, is it the lab's image) for a backend kind's `images.<kind>` setting.
+
+    An image the engine lacks is pulled (the ordinary `docker run` behaviour), except the lab
+    image, which only `lab image build` makes."""
+    if setting == "auto":
+        if docker_image.find(client) is not None:
+            return docker_image.image_ref(), True
+        setting = OFFICIAL[kind]
+    try:
+        image = client.images.get(setting)
+    except docker.errors.ImageNotFound:
+        if setting == docker_image.image_ref():
+            raise LabError(f"image {setting} not built", "run 'lab image build'") from None
+        try:
+            image = client.images.pull(setting)
+        except docker.errors.APIError as exc:
+            raise LabError(f"image {setting!r} is not in the engine and cannot be pulled "
+                           f"({exc.explanation or exc})",
+                           "run 'lab image build' (the offline lab image) and use "
+                           f"images.{kind}='auto'") from None
+    return setting, docker_engine.LABEL_IMAGE in (image.labels or {})
+
+
+class Container:
+    """One backend's container: engine reference, start, adoption of its netns, removal.
+
+    Also what a startup wait polls (`poll()` / `returncode`, like a Popen)."""
+
+    def __init__(self, host: Host, kind: str, image: str) -> None:
+        self.host = host
+        self.kind = kind
+        self.image_setting = image
+        self.image = ""
+        self.lab_image = False
+        self._engine: docker_engine.Engine | None = None
+        self._c: Any = None  # docker.models.containers.Container
+        self.returncode: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.host.ns
+
+    def open(self) -> bool:
+        """Take an engine reference and resolve the image; True if it is the lab's image."""
+        if self._engine is None:
+            self._engine = docker_engine.acquire()
+        self.image, self.lab_image = resolve_image(self._engine.client, self.kind,
+                                                   self.image_setting)
+        return self.lab_image
+
+    def run(self, argv: list[str], run_dir: Path, environment: dict[str, str] | None = None
+            ) -> int:
+        """Start the container and move the host's namespace into it; returns its PID."""
+        assert self._engine is not None, "open() first"
+        self._c = self._engine.client.containers.run(
+            self.image, argv, detach=True, name=self.name, hostname=self.host.name,
+            network_mode="none", labels={**docker_engine.run_labels(self.host.run_id),
+                                         "blackhole-lab.host": self.host.name},
+            volumes={str(run_dir): {"bind": MOUNT, "mode": "rw"}},
+            environment=environment or {},
+        )
+        self._c.reload()
+        pid = int(self._c.attrs["State"].get("Pid") or 0)
+        if pid <= 0:
+            raise RuntimeError(f"{self.name}: container exited at once "
+                               f"({self._c.attrs['State'].get('ExitCode')}):\n{self.logs()}")
+        adopt_namespace(self.host, pid)
+        return pid
+
+    def state(self) -> dict[str, Any]:
+        if self._c is None:
+            return {}
+        try:
+            self._c.reload()
+        except docker.errors.NotFound:
+            return {}
+        return dict(self._c.attrs["State"])
+
+    def poll(self) -> int | None:
+        state = self.state()
+        if state.get("Running"):
+            return None
+        self.returncode = int(state.get("ExitCode", -1))
+        return self.returncode
+
+    @property
+    def pid(self) -> int | None:
+        """The server process (the container's PID 1, seen from here); None once it exited."""
+        state = self.state()
+        return int(state["Pid"]) if state.get("Running") and state.get("Pid") else None
+
+    def logs(self, lines: int = 15) -> str:
+        try:
+            return self._c.logs(tail=lines).decode(errors="replace") if self._c else ""
+        except docker.errors.APIError as exc:
+            return f"(no logs: {exc})"
+
+    def pause(self) -> str:
+        self._c.pause()
+        return (f"docker pause {self.name} (cgroup freezer): its kernel still ACKs, the "
+                "server never answers")
+
+    def remove(self) -> None:
+        """Thaw, remove by force (idempotent), and drop the engine reference. Also finds the
+        container by name when a Ctrl-C hit between its creation and `run()` returning."""
+        try:
+            if self._c is None and self._engine is not None:
+                with contextlib.suppress(docker.errors.NotFound):
+                    found = self._engine.client.containers.get(self.name)
+                    if found.labels.get(docker_engine.LABEL_RUN) == self.host.run_id:
+                        self._c = found
+            if self._c is not None:
+                docker_engine.remove_container(self._c)
+                self._c = None
+        finally:
+            if self._engine is not None:
+                self._engine = None
+                docker_engine.release()
+
+
+def _check_socket_path(path: Path) -> None:
+    if len(str(path)) > UNIX_PATH_MAX:
+        raise LabError(f"unix socket path too long: {path}", "use a shorter scratch directory")
+
+
+def _wait_listening(host: Host, container: Container, port: int, log: Path,
+                    timeout: float = START_TIMEOUT_S) -> None:
+    """Until the server listens on *:port in its namespace (an official image's entrypoint
+    first runs a socket-only server to initialise, then restarts: that one must not count)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if container.poll() is not None:
+            raise RuntimeError(f"{host.name}: container exited ({container.returncode}) during "
+                               f"startup:\n{container.logs()}\n{_tail(log)}")
+        out = host.run(["ss", "-Hltn"], check=False).stdout
+        if any(tok.endswith(f":{port}") for line in out.splitlines() for tok in line.split()[3:4]):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{host.name}: nothing listens on port {port} after {timeout:.0f}s:\n"
+                       f"{container.logs()}\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no {path})"
+
+
+class DockerMariaDB(MariaDBServer):
+    """MariaDB in a container (the lab image's mariadbd, or an official mysql/mariadb image).
+
+    The lab image's datadir is the one its package postinst initialised; the sbtest tables
+    (what sysbench prepare makes) are loaded at each start, in the container's own layer,
+    which goes away with it."""
+
+    provider = "docker"
+
+    def __init__(self, host: Host, address: ipaddress.IPv4Address, *, image: str = "auto",
+                 port: int = 3306, tables: int = 4, table_size: int = 1000) -> None:
+        super().__init__(host, address, port=port, tables=tables, table_size=table_size)
+        self.dir = host.workdir / "mariadb-container"
+        self.socket_path = self.dir / "mysqld.sock"
+        self.error_log = self.dir / "error.log"
+        self.container = Container(host, self.kind, image)
+
+    @property
+    def pid(self) -> int | None:
+        return self.container.pid
+
+    def _argv(self, lab_image: bool) -> tuple[list[str], dict[str, str]]:
+        mount = Path(MOUNT)
+        options = ["--bind-address=0.0.0.0", f"--port={self.port}",
+                   "--innodb-fast-shutdown=3", f"--report-host={self.name}"]
+        if lab_image:
+            # --no-defaults must be the first option (mariadbd rejects it anywhere else)
+            return _server_argv(Path("/var/lib/mysql"), mount, mount / "mysqld.sock", *options,
+                                binary="/usr/sbin/mariadbd"), {}
+        # an official image: its entrypoint initialises the datadir (root over the socket,
+        # no password), then runs the server with these options
+        server = "mariadbd" if self.container.image.split("/")[-1].startswith("mariadb") \
+            else "mysqld"
+        return [server, f"--socket={mount}/mysqld.sock", f"--log-error={mount}/error.log",
+                f"--pid-file={mount}/mysqld.pid", "--skip-log-bin", "--skip-name-resolve",
+                *options], {"MYSQL_ALLOW_EMPTY_PASSWORD": "yes",
+                            "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD": "yes"}
+
+    def start(self) -> None:
+        if self.container.pid is not None:
+            raise RuntimeError(f"{self.name}: container already running")
+        _check_socket_path(self.socket_path)
+        t0 = time.monotonic()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o777)  # an official image's server runs as its mysql user
+        self.socket_path.unlink(missing_ok=True)
+        try:
+            argv, env = self._argv(self.container.open())
+            self.container.run(argv, self.dir, env)
+            t1 = time.monotonic()
+            _wait_listening(self.host, self.container, self.port, self.error_log)
+            _wait_healthy(self.container, self.socket_path, self.error_log, START_TIMEOUT_S)
+            t2 = time.monotonic()
+            conn = _connect_unix(self.socket_path)
+            try:
+                _load_sbtest(conn, self.tables, self.table_size)
+            finally:
+                conn.close()
+            self.query("UPDATE sbtest.lab_identity SET name = %s WHERE id = 1", (self.name,))
+        except BaseException:
+            self.stop()
+            raise
+        t3 = time.monotonic()
+        self.timings = {"container_s": t1 - t0, "ready_s": t2 - t1, "load_s": t3 - t2,
+                        "total_s": t3 - t0}
+
+    def hang(self) -> str:
+        return self.container.pause()
+
+    def stop(self) -> None:
+        t0 = time.monotonic()
+        self.container.remove()
+        self.timings["stop_s"] = time.monotonic() - t0
+
+
+class DockerNginx(NginxServer):
+    """nginx in a container, with the process provider's config (single process, long
+    keep-alive, body = the backend's name), listening on 0.0.0.0 of its namespace."""
+
+    provider = "docker"
+
+    def __init__(self, host: Host, address: ipaddress.IPv4Address, *, image: str = "auto",
+                 port: int = 80) -> None:
+        super().__init__(host, address, port=port)
+        self.dir = host.workdir / "nginx-container"
+        self.conf = self.dir / "nginx.conf"
+        self.socket_path = self.dir / "nginx.sock"
+        self.error_log = self.dir / "error.log"
+        self.container = Container(host, self.kind, image)
+
+    @property
+    def pid(self) -> int | None:
+        return self.container.pid
+
+    def start(self) -> None:
+        if self.container.pid is not None:
+            raise RuntimeError(f"{self.name}: container already running")
+        _check_socket_path(self.socket_path)
+        t0 = time.monotonic()
+        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        self.conf.write_text(render_config(self.name, ipaddress.IPv4Address("0.0.0.0"),
+                                           self.port, Path(MOUNT)))
+        argv = ["nginx", "-p", MOUNT, "-c", f"{MOUNT}/nginx.conf", "-e", f"{MOUNT}/error.log"]
+        try:
+            self.container.open()
+            self.container.run(argv, self.dir)
+            self._wait_answers()
+            self._check_tcp()
+        except BaseException:
+            self.stop()
+            raise
+        self.timings = {"start_s": time.monotonic() - t0}
+
+    def _wait_answers(self, timeout: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.container.poll() is not None:
+                raise RuntimeError(f"{self.name}: nginx container exited "
+                                   f"({self.container.returncode}):\n{self.container.logs()}\n"
+                                   f"{_tail(self.error_log)}")
+            if self.socket_path.exists():
+                try:
+                    status, body = get_unix(self.socket_path)
+                    if status == 200 and body == self.name:
+                        return
+                    last = RuntimeError(f"answered {status} {body!r}")
+                except (OSError, ValueError, IndexError) as exc:
+                    last = exc
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name}: nginx did not answer within {timeout:.0f}s ({last})")
+
+    def hang(self) -> str:
+        return self.container.pause()
+
+    def stop(self) -> None:
+        t0 = time.monotonic()
+        self.container.remove()
+        self.timings["stop_s"] = time.monotonic() - t0

@@ -1,0 +1,203 @@
+"""Trial settings: what a scenario file may say, validated with pydantic.
+
+Every setting has one flat dotted key ("client.tcp_retries2", "lb.expire_nodest_conn") so the
+same names serve TOML scenario files, `lab run --set key=value` and pytest parameters. Unknown
+keys and out-of-range values are rejected with the key named (extra="forbid" everywhere).
+None means "the kernel's / library's default": the trial leaves that knob alone.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class ClientSettings(Section):
+    """Knobs on the client side: sysctls of the client namespace, socket options, app timeouts."""
+
+    # sysctls of the client namespace (per-netns since Linux 4.6)
+    tcp_retries2: Annotated[int, Field(ge=1, le=255)] | None = None
+    tcp_syn_retries: Annotated[int, Field(ge=1, le=127)] | None = None
+    tcp_keepalive_time: Annotated[int, Field(ge=1, le=32767)] | None = None
+    tcp_keepalive_intvl: Annotated[int, Field(ge=1, le=32767)] | None = None
+    tcp_keepalive_probes: Annotated[int, Field(ge=1, le=127)] | None = None
+    # socket options set on the driver's connections
+    tcp_user_timeout_ms: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    so_keepalive: bool | None = None
+    tcp_keepidle: Annotated[int, Field(ge=1, le=32767)] | None = None
+    tcp_keepintvl: Annotated[int, Field(ge=1, le=32767)] | None = None
+    tcp_keepcnt: Annotated[int, Field(ge=1, le=127)] | None = None
+    # application timeouts (PyMySQL connect/read/write timeout; JDBC connectTimeout/socketTimeout)
+    connect_timeout_s: PosFloat = 10.0
+    read_timeout_s: PosFloat | None = None
+    write_timeout_s: PosFloat | None = None
+
+    SYSCTLS: ClassVar[tuple[str, ...]] = (
+        "tcp_retries2",
+        "tcp_syn_retries",
+        "tcp_keepalive_time",
+        "tcp_keepalive_intvl",
+        "tcp_keepalive_probes",
+    )
+
+    def sysctls(self) -> dict[str, int]:
+        """The namespace sysctls this trial sets, as full sysctl names."""
+        out = {}
+        for key in self.SYSCTLS:
+            value = getattr(self, key)
+            if value is not None:
+                out[f"net.ipv4.{key}"] = value
+        return out
+
+
+class LbSettings(Section):
+    engine: Literal["auto", "nft", "ipvs", "proxy"] = "auto"
+    port: Annotated[int, Field(ge=1, le=65535)] = 3001
+    # IPVS semantics: 0 = packets of connections to a removed real server are dropped silently;
+    # 1 = the connection is expired and the client gets a reset.
+    expire_nodest_conn: Literal[0, 1] = 0
+    # connection drain: after a real server is removed, wait this long, then reset what is left
+    drain_timeout_s: Annotated[float, Field(ge=0)] | None = None
+    # engine "ipvs" only (net.ipv4.vs.* in the lb namespace; None = the kernel's default:
+    # conn_reuse_mode 1, expire_quiescent_template 0)
+    conn_reuse_mode: Literal[0, 1, 2, 3] | None = None
+    expire_quiescent_template: Literal[0, 1] | None = None
+    # engine "proxy" only, other engines ignore them (HAProxy, mode tcp; lab.lb.proxy).
+    # `timeout server`: None = not set, HAProxy then waits forever and only the lb kernel's
+    # tcp_retries2 ends a dead session
+    proxy_timeout_server_s: PosFloat | None = None
+    # `check inter <proxy_check_inter_s> fall <proxy_check_fall>` + on-marked-down
+    # shutdown-sessions: the proxy's own health check closes a dead server's sessions
+    proxy_health_check: bool = False
+    proxy_check_inter_s: PosFloat = 2.0
+    proxy_check_fall: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class LoadSettings(Section):
+    driver: Literal["oltp", "http", "sysbench"] = "oltp"
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+    tables: Annotated[int, Field(ge=1, le=64)] = 4
+    table_size: Annotated[int, Field(ge=10, le=1_000_000)] = 1000
+    # busy: transactions back to back; idle: the connection sits idle `idle_s` between
+    # transactions (the fault hits an idle connection, then the app uses it)
+    shape: Literal["busy", "idle"] = "busy"
+    idle_s: PosFloat = 5.0
+    # sysbench driver only: LD_PRELOAD lab/load/sbfix (mysql_init after mysql_close) so that
+    # sysbench 1.0.20 reconnects in-process instead of segfaulting (akopytov/sysbench#527)
+    sysbench_reconnect_fix: bool = False
+
+
+class FaultSettings(Section):
+    """How the active backend disappears, and when.
+
+    switchover: the LB removes it and adds the other (ipvsadm -d old; -a new);
+    crash: it vanishes silently (all its packets dropped, no RST);
+    kill: kill -9 of the server (its kernel sends RST / FIN);
+    hang: SIGSTOP of the server, `docker pause` of its container (its kernel still ACKs, no
+    answer ever comes);
+    partition: the path to it fails, `partition_mode` drop (silent) or reject (tcp reset).
+    For every kind except switchover the LB also moves new connections to the other backend
+    `failover_after_s` after the fault (a health checker's reaction time).
+    """
+
+    kind: Literal["switchover", "crash", "kill", "hang", "partition"] = "switchover"
+    at_s: PosFloat = 5.0  # seconds after load start
+    partition_mode: Literal["drop", "reject"] = "drop"
+    failover_after_s: Annotated[float, Field(ge=0)] = 0.0
+
+
+# a Docker image reference (name[:tag][@digest]), or "auto"
+ImageRef = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")]
+
+
+class ImageSettings(Section):
+    """provider = "docker": the image each backend kind runs.
+
+    "auto" = the lab's local image (`lab image build`, offline) when the engine has it, else
+    the official image (`mysql`, `nginx`), which the engine pulls on a machine that can.
+    """
+
+    mariadb: ImageRef = "auto"
+    nginx: ImageRef = "auto"
+
+    @model_validator(mode="after")
+    def _lab_image_current(self) -> ImageSettings:
+        """An explicit lab image must be this version's (its tag hashes the build inputs)."""
+        for kind in ("mariadb", "nginx"):
+            value = getattr(self, kind)
+            if value.startswith("blackhole-lab/"):
+                from lab.images.docker import image_ref  # only then: it imports the docker SDK
+                if value != image_ref():
+                    raise ValueError(f"{kind}={value!r} is not this lab version's image; use "
+                                     f"'auto' or {image_ref()!r} (made by 'lab image build')")
+        return self
+
+
+class TrialSettings(Section):
+    """One trial: everything needed to build, load, break and observe it."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,=+-]{1,120}$")] = "trial"
+    backend: Literal["mariadb", "nginx"] = "mariadb"
+    # process: the host's server binaries in the backend namespaces; docker: the same servers
+    # in containers (lab.backends.docker.container), wired into the same namespaces
+    provider: Literal["process", "docker"] = "process"
+    images: ImageSettings = ImageSettings()
+    # client -> lb delay added with netem (the RTT grows by it); needs sch_netem: the lab's
+    # VM has it, a host without it refuses the trial (see `lab doctor`)
+    latency_ms: Annotated[float, Field(gt=0, le=10_000)] | None = None
+    # stop observing this long after the fault if the service has not recovered
+    deadline_s: PosFloat = 60.0
+    # keep the load running this long after recovery (to show qps > 0 after)
+    after_s: Annotated[float, Field(ge=0)] = 3.0
+    # packet capture + socket/conntrack snapshots (lab.capture); off saves disk on big matrices
+    capture: bool = True
+    client: ClientSettings = ClientSettings()
+    lb: LbSettings = LbSettings()
+    load: LoadSettings = LoadSettings()
+    fault: FaultSettings = FaultSettings()
+
+    # which load drivers speak each backend's protocol
+    DRIVERS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "mariadb": ("oltp", "sysbench"), "nginx": ("http",),
+    }
+    # what the real sysbench 1.0.20 binary cannot do (it sets no socket option and no
+    # MYSQL_OPT_*_TIMEOUT, shared/docs/tcp-facts.md 9.2; --rate is an integer tps)
+    SYSBENCH_UNSUPPORTED: ClassVar[tuple[str, ...]] = (
+        "tcp_user_timeout_ms", "so_keepalive", "tcp_keepidle", "tcp_keepintvl", "tcp_keepcnt",
+        "read_timeout_s", "write_timeout_s",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrialSettings:
+        """Reject combinations no part of the lab can run, naming the keys to change."""
+        if self.load.driver not in self.DRIVERS[self.backend]:
+            raise ValueError(
+                f"load.driver={self.load.driver!r} cannot talk to backend={self.backend!r}; "
+                f"use load.driver in {self.DRIVERS[self.backend]}")
+        if self.load.driver == "sysbench":
+            if self.load.shape != "busy":
+                raise ValueError("load.driver='sysbench' supports only load.shape='busy'")
+            bad = [k for k in self.SYSBENCH_UNSUPPORTED if getattr(self.client, k) is not None]
+            if bad:
+                raise ValueError(f"sysbench 1.0.20 cannot apply client.{bad[0]}; use the oltp "
+                                 "driver, or the client.tcp_* namespace sysctls")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting as a dotted key (the summary.csv columns)."""
+        out: dict[str, Any] = {}
+        for key, value in self.model_dump().items():
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    out[f"{key}.{sub}"] = v
+            else:
+                out[key] = value
+        return out

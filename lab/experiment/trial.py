@@ -1,0 +1,330 @@
+"""One trial: build -> warm up -> inject the fault -> observe until recovered or the deadline
+-> collect -> tear down.
+
+Every part the trial creates is registered on an ExitStack the moment it exists, so an
+exception, Ctrl-C or SIGTERM at any point tears down exactly what was built, in reverse order.
+The LVS-NAT topology (the article's):
+
+    client --- lb (VIP, forwarding, the LB engine) --- backend1 (active)
+                                                   \\-- backend2 (standby)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import backends as backends_
+from lab import lb, model
+from lab.backends.base import Backend
+from lab.capture import to_wall
+from lab.capture.evidence import Evidence
+from lab.config.settings import TrialSettings
+from lab.experiment import faults
+from lab.lb.base import LbOptions, RealServer
+from lab.load.base import DriverProcess, sysbench_line
+from lab.net.runtime import new_run
+from lab.net.topology import Network, lvs_topology, lvs_vip
+
+READY_TIMEOUT_S = 30.0
+TICK_S = 0.05
+# idle load: the fault hits this long into the sleep (> TCP_DELACK_MAX = 200 ms)
+IDLE_QUIET_S = 0.5
+
+
+class Interrupted(Exception):
+    """The trial was asked to stop (Ctrl-C / SIGTERM in the runner)."""
+
+
+@dataclass
+class TrialStatus:
+    """What a progress view shows while the trial runs (written by the trial thread)."""
+
+    name: str
+    phase: str = "pending"
+    started: float = 0.0
+    fault_t: float | None = None
+    recovered_t: float | None = None
+    qps: float = 0.0
+    last_line: str = ""
+
+
+@dataclass
+class TrialResult:
+    settings: TrialSettings
+    engine: str
+    engine_why: str
+    prediction: model.Prediction
+    t0: float
+    fault_t: float | None = None
+    fault_detail: str = ""
+    detect_s: float | None = None
+    recover_s: float | None = None
+    errors: int = 0
+    reconnects: int = 0
+    verdict: str = ""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic t, ev, det)
+    facts: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)  # capture facts (lab.capture)
+
+    @property
+    def measured_outage_s(self) -> float | None:
+        return self.recover_s
+
+    def event(self, event: str, detail: str = "", t: float | None = None) -> None:
+        self.events.append((time.monotonic() if t is None else t, event, detail))
+
+
+def _predict(settings: TrialSettings, engine: str, idle_elapsed_s: float = 0.0
+             ) -> model.Prediction:
+    """The model for this trial on the engine `auto` picked, with the RTO its added latency
+    gives."""
+    return model.predict(settings, engine="ipvs" if engine == "ipvs" else "nft",
+                         idle_elapsed_s=idle_elapsed_s,
+                         rto_s=model.rto_with_latency(settings.latency_ms))
+
+
+def _start_backends(backends: list[Backend]) -> None:
+    with ThreadPoolExecutor(len(backends)) as pool:
+        for f in [pool.submit(b.start) for b in backends]:
+            f.result()
+
+
+def run_trial(
+    settings: TrialSettings,
+    out_dir: Path,
+    *,
+    stop: threading.Event | None = None,
+    status: TrialStatus | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> TrialResult:
+    """Run one trial and return its result; out_dir receives the driver log."""
+    started_at = time.monotonic()
+    stop = stop or threading.Event()
+    status = status or TrialStatus(settings.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    engine, why = lb.choose_engine(settings.lb.engine)
+    result = TrialResult(
+        settings=settings,
+        engine=engine,
+        engine_why=why,
+        prediction=_predict(settings, engine),
+        t0=time.monotonic(),
+    )
+    with contextlib.ExitStack() as teardown:
+        status.phase = "building"
+        run = new_run()
+        teardown.callback(run.release)
+        net = Network(lvs_topology(settings.client.sysctls()), run)
+        teardown.callback(net.close)
+        vip = lvs_vip(run)
+        net.add_address("lb", str(vip), "to-client")
+        if settings.latency_ms is not None:
+            net.add_delay("client", "to-lb", settings.latency_ms)
+
+        backends: list[Backend] = []
+        for name in ("backend1", "backend2"):
+            b = backends_.make(settings, net[name], net[name].address_towards("lb"))
+            teardown.callback(b.stop)
+            backends.append(b)
+        _start_backends(backends)
+
+        balancer = lb.make(engine, net["lb"], vip, settings.lb.port,
+                           LbOptions.from_settings(settings.lb), settings.lb)
+        balancer.setup()
+        teardown.callback(balancer.close)
+        servers = [RealServer(b.name, b.address, b.port) for b in backends]
+        balancer.add_real_server(servers[0])
+        result.facts = {"run_id": run.run_id, "subnet": str(run.subnet), "vip": str(vip)}
+
+        # the trial clock starts here; evidence starts before the load so the pcap has the SYNs
+        result.t0 = status.started = time.monotonic()
+        evidence: Evidence | None = None
+        if settings.capture:
+            evidence = Evidence(net["client"], net["lb"], str(vip), settings.lb.port, out_dir,
+                                load=settings.load.shape, t0=to_wall(result.t0),
+                                lb_table="ipvsadm" if engine == "ipvs" else "auto")
+            evidence.start()
+            teardown.callback(evidence.close)
+        status.phase = "warming up"
+        result.event("load_start", f"{settings.load.driver} x{settings.load.threads} -> "
+                     f"{vip}:{settings.lb.port}")
+        driver = DriverProcess(
+            net["client"],
+            f"lab.load.{settings.load.driver}",
+            {
+                "target": {"host": str(vip), "port": settings.lb.port,
+                           **backends[0].client_params()},
+                "client": settings.client.model_dump(),
+                "load": settings.load.model_dump(),
+            },
+            out_dir / "driver.log",
+            on_record=lambda r: _on_record(r, result, status, on_line),
+        )
+        teardown.callback(driver.stop)
+        driver.wait_ready(READY_TIMEOUT_S)
+        result.event("ready", "all driver threads connected", driver.output.ready_t)
+
+        _observe(settings, result, status, driver, faults.FaultTarget(
+            balancer, backends[0], servers[0], servers[1]), stop)
+
+        status.phase = "tearing down"
+        driver.stop()
+        result.samples = list(driver.output.samples)
+        _collect_driver_events(result, driver)
+        if evidence is not None:
+            result.evidence = evidence.stop().facts()
+    status.phase = "done"
+    # build to torn down: what the trial costs a matrix (benchmarks/bench_matrix.py)
+    result.facts["wall_s"] = round(time.monotonic() - started_at, 3)
+    return result
+
+
+def _on_record(
+    record: dict[str, Any], result: TrialResult, status: TrialStatus,
+    on_line: Callable[[str], None] | None,
+) -> None:
+    if record.get("kind") == "sample":
+        status.qps = float(record["qps"])
+        status.last_line = sysbench_line(record["t"] - result.t0, record)
+        if on_line:
+            on_line(f"{result.settings.name}: {status.last_line}")
+    elif (
+        record.get("kind") == "event"
+        and record.get("event") == "recovered"
+        and status.recovered_t is None
+    ):
+        status.recovered_t = record["t"]
+
+
+def _observe(
+    settings: TrialSettings,
+    result: TrialResult,
+    status: TrialStatus,
+    driver: DriverProcess,
+    target: faults.FaultTarget,
+    stop: threading.Event,
+) -> None:
+    ready_t = driver.output.ready_t or result.t0
+    fault_at = max(result.t0 + settings.fault.at_s, ready_t + 1.0)
+    pending: list[tuple[float, faults.FollowUp]] = []
+    while True:
+        if stop.is_set():
+            raise Interrupted(settings.name)
+        now = time.monotonic()
+        if not driver.alive():
+            raise RuntimeError(f"load driver exited early (code {driver.proc.returncode})")
+        if result.fault_t is None and now >= fault_at and _idle_phase_begun(
+                settings, driver, fault_at, now):
+            # The fault instant is when the action starts (errors count from here); recovery
+            # counts only transactions started once it is fully in place (the driver's mark),
+            # so one that slipped through while nft was applying the rules is not "recovery".
+            status.phase = "fault"
+            result.fault_t = time.monotonic()
+            detail, followups = faults.inject(settings.fault, target)
+            applied = time.monotonic()
+            driver.mark_fault(applied)
+            result.event("fault", f"{settings.fault.kind}: {detail}", result.fault_t)
+            result.event("fault_applied", f"took {1000 * (applied - result.fault_t):.1f} ms",
+                         applied)
+            status.fault_t = result.fault_t
+            status.phase = "outage"
+            if settings.load.shape == "idle":
+                _predict_idle(settings, result, driver)
+            pending = [(applied + f.delay_s, f) for f in followups]
+        for item in [p for p in pending if p[0] <= now]:
+            pending.remove(item)
+            item[1].action()
+            result.event(item[1].event, item[1].detail)
+        if result.fault_t is not None:
+            recovered = status.recovered_t
+            if recovered is not None:
+                status.phase = "recovered"
+                if now >= recovered + settings.after_s and not pending:
+                    return
+            if now >= result.fault_t + settings.deadline_s:
+                if recovered is None:
+                    result.event("deadline", f"not recovered {settings.deadline_s:g}s after fault")
+                return
+        time.sleep(TICK_S)
+
+
+def _last_idle_start(driver: DriverProcess, before: float) -> float | None:
+    """When thread 0 last started its idle sleep before `before` (an `idle` event)."""
+    starts = [e["t"] for e in list(driver.output.events)
+              if e["event"] == "idle" and e.get("thread", 0) == 0 and e["t"] <= before]
+    return max(starts) if starts else None
+
+
+def _idle_phase_begun(
+    settings: TrialSettings, driver: DriverProcess, fault_at: float, now: float
+) -> bool:
+    """Idle load: hold the fault until the connection has been idle IDLE_QUIET_S (an `idle`
+    event at or after fault_at, that long ago), so it hits a quiet connection, as it hits an
+    idle pooled one. Sooner, the client's delayed ACK of the last answer would be dropped,
+    and the server's retransmissions of that answer would keep resetting the client's
+    keepalive clock (measured: keepalive then never fires before the next query).
+    A driver that never reports one gets the fault anyway, one idle period late."""
+    if settings.load.shape != "idle":
+        return True
+    started = _last_idle_start(driver, now)
+    return (started is not None and started >= fault_at and now >= started + IDLE_QUIET_S) or (
+        now >= fault_at + settings.load.idle_s + 1.0)
+
+
+def _predict_idle(settings: TrialSettings, result: TrialResult, driver: DriverProcess) -> None:
+    """Re-predict with how long the connection had really been idle at the fault."""
+    assert result.fault_t is not None
+    started = _last_idle_start(driver, result.fault_t)
+    if started is None:
+        return
+    elapsed = result.fault_t - started
+    result.facts["idle_elapsed_s"] = round(elapsed, 4)
+    result.prediction = _predict(settings, result.engine, idle_elapsed_s=elapsed)
+
+
+def _collect_driver_events(result: TrialResult, driver: DriverProcess) -> None:
+    fault_t = result.fault_t
+    for ev in driver.output.events:
+        result.event(ev["event"], f"thread {ev.get('thread', 0)}: {ev.get('detail', '')}", ev["t"])
+    if fault_t is None:
+        result.verdict = "no fault injected"
+        return
+    after = [e for e in driver.output.events if e["t"] >= fault_t]
+    errors = [e for e in after if e["event"] == "error"]
+    recovered = [e for e in after if e["event"] == "recovered"]
+    result.errors = len(errors)
+    result.reconnects = sum(1 for e in after if e["event"] == "reconnect")
+    if errors:
+        result.detect_s = min(e["t"] for e in errors) - fault_t
+        result.event("first_error", errors[0].get("detail", ""), min(e["t"] for e in errors))
+    if recovered:
+        t_rec = min(e["t"] for e in recovered)
+        result.recover_s = t_rec - fault_t
+        result.event("recovered", f"outage {result.recover_s:.2f} s", t_rec)
+    result.verdict = verdict(result.prediction, result.recover_s, result.settings.deadline_s)
+
+
+def tolerance(predicted_s: float) -> float:
+    """How close a measurement must be to its prediction: 5 % or 0.5 s, whichever is larger."""
+    return max(0.05 * predicted_s, 0.5)
+
+
+def verdict(prediction: model.Prediction, measured: float | None, deadline_s: float) -> str:
+    predicted = prediction.outage_s
+    if measured is None:
+        if predicted is None or predicted > deadline_s:
+            return "ok: not recovered by the deadline, as predicted"
+        return f"MISMATCH: not recovered within {deadline_s:g}s, model said {predicted:.2f}s"
+    if predicted is None:
+        return f"MISMATCH: recovered after {measured:.2f}s, model said never"
+    if abs(measured - predicted) <= tolerance(predicted):
+        return f"ok: within {tolerance(predicted):.2f}s of the model"
+    return f"MISMATCH: measured {measured:.2f}s vs model {predicted:.2f}s"

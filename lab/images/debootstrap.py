@@ -1,0 +1,128 @@
+"""Debian root filesystems made with debootstrap, for the images the lab builds itself (the VM
+image of lab.images.vm, the container image of lab.images.docker): no registry is needed, only
+the Debian mirror this host's apt already uses.
+
+We shell out: debootstrap has no library interface. It runs in its own session, so on Ctrl-C
+or SIGTERM its whole process group (dpkg and tar in the chroot too) is killed before the
+caller removes the target, and nothing writes into a deleted folder afterwards (measured:
+killing only the top process leaves its children writing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lab.errors import LabError
+
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+def host_mirror() -> str:
+    """The Debian mirror this host's apt uses (so an offline mirror or proxy keeps working);
+    BHL_DEBIAN_MIRROR overrides it."""
+    env = os.environ.get("BHL_DEBIAN_MIRROR")
+    if env:
+        return env
+    texts = []
+    for path in [Path("/etc/apt/sources.list"),
+                 *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        with contextlib.suppress(OSError):
+            texts.append(path.read_text())
+    for text in texts:
+        for m in re.finditer(r"(?m)^(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+)", text):
+            uri = m.group(1).rstrip("/")
+            if uri.endswith("/debian"):
+                return uri
+    return DEFAULT_MIRROR
+
+
+def check_debootstrap() -> None:
+    if shutil.which("debootstrap") is None and not Path("/usr/sbin/debootstrap").exists():
+        raise LabError("debootstrap not found", "run 'make setup' (installs debootstrap)")
+
+
+def debootstrap(target: Path, log_file: Path, *, include: Sequence[str] = (),
+                variant: str = "minbase", mirror: str | None = None,
+                cache_dir: Path | None = None) -> None:
+    """debootstrap SUITE into target; its output goes to log_file, its tail into the error."""
+    check_debootstrap()
+    argv = ["debootstrap", f"--variant={variant}"]
+    if include:
+        argv.append("--include=" + ",".join(include))
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        argv.append(f"--cache-dir={cache_dir}")
+    argv += [SUITE, str(target), mirror or host_mirror()]
+    with open(log_file, "w") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"})
+        try:
+            rc = proc.wait()
+        except BaseException:
+            kill_group(proc)
+            raise
+    if rc != 0:
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
+        raise LabError(f"debootstrap failed ({rc}):\n{tail}",
+                       "is the Debian mirror reachable? set BHL_DEBIAN_MIRROR to another")
+    unmount_under(target)
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    members.append(int(entry))
+    return members
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL proc's process group and wait until none of it runs."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _group_members(proc.pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def unmount_under(folder: Path) -> None:
+    """Unmount everything below folder (deepest first): debootstrap and chroot steps mount
+    /proc, /sys and /dev in the target, and rmtree must never walk into them."""
+    prefix = str(folder.resolve()) + "/"
+    with open("/proc/mounts") as f:
+        points = [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def remove_tree(folder: Path) -> None:
+    unmount_under(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_logged(argv: Sequence[str], what: str, log: Callable[[str], None] | None = None) -> None:
+    """Run a build step; on failure a LabError with the tail of its output."""
+    if log:
+        log(what)
+    proc = subprocess.run(list(argv), capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
+        raise LabError(f"{what} failed (exit {proc.returncode}): {tail}",
+                       "see the message; the build starts from scratch next time")

@@ -1,0 +1,88 @@
+"""Scenario files expand into validated trials; every mistake is one precise line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.config import scenario
+from lab.errors import LabError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+def test_seed_scenario_loads() -> None:
+    s = scenario.load(ROOT / "scenarios" / "seed-lvs-mysql.toml")
+    by_name = {t.name: t for t in s.trials}
+    assert list(by_name)[:2] == ["retries2-15", "retries2-5"]  # the article's pair first
+    assert [t.client.tcp_retries2 for t in s.trials[:2]] == [15, 5]
+    assert all(t.fault.kind == "switchover" for t in s.trials)
+    # every fix the article names, each alone on top of the defaults
+    assert by_name["user-timeout-5s"].client.tcp_user_timeout_ms == 5000
+    assert by_name["read-timeout-10s"].client.read_timeout_s == 10
+    assert by_name["idle-keepalive"].load.shape == "idle"
+    assert by_name["idle-keepalive"].client.so_keepalive is True
+    assert by_name["drain-10s"].lb.drain_timeout_s == 10
+    assert [t.name for t in s.trials if t.lb.expire_nodest_conn == 1] == ["expire-nodest-conn"]
+
+
+def test_every_scenario_file_loads() -> None:
+    for path in sorted((ROOT / "scenarios").glob("*.toml")):
+        assert scenario.load(path).trials, path
+
+
+def test_matrix_expands_product_and_overrides_apply(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[defaults]
+deadline_s = 30
+[matrix]
+"client.tcp_retries2" = [3, 5]
+"lb.expire_nodest_conn" = [0, 1]
+""")
+    s = scenario.load(path, ["load.threads=2"])
+    assert len(s.trials) == 4
+    assert {(t.client.tcp_retries2, t.lb.expire_nodest_conn) for t in s.trials} == {
+        (3, 0), (3, 1), (5, 0), (5, 1)}
+    assert all(t.load.threads == 2 and t.deadline_s == 30 for t in s.trials)
+    assert s.trials[0].name == "tcp_retries2=3,expire_nodest_conn=0"
+
+
+@pytest.mark.parametrize(("text", "overrides", "message"), [
+    ("[defaults]\nclient.tcp_retries = 5\n", [],
+     "client.tcp_retries: unknown key (did you mean client.tcp_retries2?)"),
+    ("[defaults]\nclient.tcp_retries2 = 300\n", [], "client.tcp_retries2: Input should be less"),
+    ("[defaults]\nlb.engine = 'ipvz'\n", [],
+     "lb.engine: Input should be 'auto', 'nft', 'ipvs' or 'proxy' (got 'ipvz')"),
+    ("[default]\n", [], "unknown top-level key 'default'"),
+    ("[defaults\n", [], "not valid TOML"),
+    ("[matrix]\n'client.tcp_retries2' = 5\n", [], "must be a non-empty list"),
+    ("", ["client.tcp_retries2"], "is not key=value"),
+    ("", ["fault.at_s=-1"], "fault.at_s: Input should be greater than 0"),
+    ("[[trial]]\nname='a'\n[[trial]]\nname='a'\n", [], "two trials are named 'a'"),
+])
+def test_bad_input_is_one_clear_line(
+    tmp_path: Path, text: str, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(LabError) as info:
+        scenario.load(write(tmp_path, text), overrides)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+    assert info.value.fix
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="not found"):
+        scenario.load(tmp_path / "nope.toml")
+
+
+def test_override_values_are_toml_literals() -> None:
+    assert scenario.parse_override("client.so_keepalive=true") == ("client.so_keepalive", True)
+    assert scenario.parse_override("lb.engine=nft") == ("lb.engine", "nft")
+    assert scenario.parse_override("client.read_timeout_s = 2.5") == ("client.read_timeout_s", 2.5)
