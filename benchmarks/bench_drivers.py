@@ -20,9 +20,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from lab import scenario
-from lab.settings import TrialSettings
-from lab.trial import TrialResult, run_trial
+from lab.config import scenario
+from lab.config.settings import TrialSettings
+from lab.experiment.trial import TrialResult, run_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "sysbench-switchover.toml"

@@ -23,8 +23,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from lab import scenario
-from lab.matrix import DEFAULT_PARALLEL, MatrixRun
+from lab.config import scenario
+from lab.experiment.matrix import DEFAULT_PARALLEL, MatrixRun
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.15

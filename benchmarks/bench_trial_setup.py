@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lab.backends.mariadb import MariaDBServer
 from lab.lb import LbOptions, RealServer, make
-from lab.runtime import new_run
-from lab.topology import Network, lvs_topology, lvs_vip
+from lab.net.runtime import new_run
+from lab.net.topology import Network, lvs_topology, lvs_vip
 
 TARGET_S = 5.0
 
