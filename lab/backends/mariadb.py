@@ -33,7 +33,8 @@ import pymysql
 from lab.backends.base import Backend
 from lab.errors import LabError
 from lab.load.oltp import SysbenchRandom, create_index_sql, create_table_sql
-from lab.net.topology import Host, ServerProcess
+from lab.net.process import ChildProcess
+from lab.net.topology import Host
 
 CACHE_DIR = Path(os.environ.get("BHL_CACHE_DIR", "/var/cache/blackhole-lab"))
 DATABASE = "sbtest"
@@ -291,7 +292,7 @@ class MariaDBServer(Backend):
         self.socket_path = self.dir / "mysqld.sock"
         self.error_log = self.dir / "error.log"
         self.timings: dict[str, float] = {}
-        self._server: ServerProcess | None = None
+        self._server: ChildProcess | None = None
 
     @property
     def pid(self) -> int | None:
@@ -312,7 +313,7 @@ class MariaDBServer(Backend):
         argv = _server_argv(self.datadir, self.dir, self.socket_path,
                             f"--bind-address={self.address}", f"--port={self.port}",
                             "--innodb-fast-shutdown=3", f"--report-host={self.name}")
-        self._server = ServerProcess(self.host, argv, self.dir / "mariadbd.out")
+        self._server = self.host.start(argv, self.dir / "mariadbd.out")
         try:
             _wait_healthy(self._server.proc, self.socket_path, self.error_log)
             self.query("UPDATE sbtest.lab_identity SET name = %s WHERE id = 1", (self.name,))

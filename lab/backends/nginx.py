@@ -35,7 +35,8 @@ from pathlib import Path
 from lab.backends.base import Backend
 from lab.backends.mariadb import SBIN_PATH, UNIX_PATH_MAX
 from lab.errors import LabError
-from lab.net.topology import Host, ServerProcess
+from lab.net.process import ChildProcess
+from lab.net.topology import Host
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -124,7 +125,7 @@ class NginxServer(Backend):
         self.socket_path = self.dir / "nginx.sock"
         self.error_log = self.dir / "error.log"
         self.timings: dict[str, float] = {}
-        self._server: ServerProcess | None = None
+        self._server: ChildProcess | None = None
 
     @property
     def pid(self) -> int | None:
@@ -144,7 +145,7 @@ class NginxServer(Backend):
         # -e: the error log before the config is read (default /var/log/nginx/error.log)
         argv = [nginx_binary(), "-p", str(self.dir), "-c", str(self.conf),
                 "-e", str(self.error_log)]
-        self._server = ServerProcess(self.host, argv, self.dir / "nginx.out")
+        self._server = self.host.start(argv, self.dir / "nginx.out")
         try:
             self._wait_healthy()
             self._check_tcp()

@@ -26,7 +26,6 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from lab.backends.docker.engine import DATA_ROOT, LABEL_IMAGE
 from lab.images import debootstrap
 
 REPOSITORY = "blackhole-lab/base"
@@ -34,7 +33,10 @@ SUITE = debootstrap.SUITE
 VARIANT = "minbase"
 PACKAGES = ("mariadb-server", "nginx-light", "iproute2")
 RECIPE_VERSION = 1  # bump when the build steps below change what ends up in the image
-BUILD_ROOT = DATA_ROOT.parent / "image-build"
+# Beside the lab's private dockerd data-root (lab.backends.docker.engine), which loads the
+# image from here; the label marks the images this module made, so `lab clean` knows them.
+BUILD_ROOT = Path(os.environ.get("BHL_IMAGE_BUILD_ROOT", "/var/lib/blackhole-lab/image-build"))
+LABEL_IMAGE = "blackhole-lab.image"
 # what a container gets from the image (docker import keeps no metadata of its own)
 CHANGES = ("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
 

@@ -50,7 +50,8 @@ from pathlib import Path
 from lab.config.settings import LbSettings
 from lab.errors import LabError
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
-from lab.net.topology import Host, ServerProcess
+from lab.net.process import ChildProcess
+from lab.net.topology import Host
 
 SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin"  # haproxy's home, often not on root's PATH
 UNIX_PATH_MAX = 107
@@ -174,7 +175,7 @@ class ProxyLoadBalancer(LoadBalancer):
         self._servers: dict[str, _Server] = {}
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
-        self._server: ServerProcess | None = None
+        self._server: ChildProcess | None = None
 
     @property
     def pid(self) -> int | None:
@@ -192,7 +193,7 @@ class ProxyLoadBalancer(LoadBalancer):
         self.socket_path.unlink(missing_ok=True)
         self.config.write_text(render_config(self.vip, self.port, self.socket_path, self.tuning))
         # -db: foreground, no daemon; warnings (missing timeouts) go to the log file
-        self._server = ServerProcess(self.host, [haproxy_binary(), "-db", "-f",
+        self._server = self.host.start([haproxy_binary(), "-db", "-f",
                                                  str(self.config)], self.log)
         try:
             self._wait_ready()

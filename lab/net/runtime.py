@@ -23,6 +23,8 @@ from pathlib import Path
 from lab.errors import LabError
 
 STATE_DIR = Path(os.environ.get("BHL_STATE_DIR", "/run/blackhole-lab"))
+# Built once per machine and reused by every run (MariaDB data templates, the sysbench fix).
+CACHE_DIR = Path(os.environ.get("BHL_CACHE_DIR", "/var/cache/blackhole-lab"))
 NS_PREFIX = "bhl-"
 ADDRESS_POOL = ipaddress.IPv4Network("198.18.0.0/15")
 SLOT_PREFIXLEN = 21  # 8 /24 links per run, 64 runs side by side

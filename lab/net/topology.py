@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute, netns
 
 from lab.errors import LabError
+from lab.net.process import ChildProcess
 from lab.net.runtime import Run
 
 T = TypeVar("T")
@@ -140,6 +141,10 @@ class Host:
         kwargs.setdefault("start_new_session", True)
         return subprocess.Popen(self.command(argv), **kwargs)
 
+    def start(self, argv: Sequence[str], log_path: Path, **kwargs: Any) -> ChildProcess:
+        """A long-running program in this namespace, with the lab's log and stop sequence."""
+        return ChildProcess(self.command(argv), log_path, **kwargs)
+
     def run(
         self, argv: Sequence[str], *, input: str | None = None, check: bool = True,
         timeout: float = 30,
@@ -178,39 +183,6 @@ class Host:
 
     def pids(self) -> list[int]:
         return _ns_pids(self.ns)
-
-
-class ServerProcess:
-    """A long-running server a layer starts in a namespace (mariadbd, nginx, haproxy): its
-    output appended to a log file, stopped with SIGCONT (a fault may have frozen it) and
-    SIGTERM, SIGKILL if it does not exit in time; stop() tolerates one that already died."""
-
-    def __init__(self, host: Host, argv: Sequence[str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._out = open(log_path, "a")  # noqa: SIM115 (closed in stop())
-        try:
-            self.proc = host.popen(argv, stdin=subprocess.DEVNULL, stdout=self._out,
-                                   stderr=subprocess.STDOUT)
-        except BaseException:
-            self._out.close()
-            raise
-
-    @property
-    def pid(self) -> int | None:
-        """The server's pid (ip netns exec execs it), None once it has exited."""
-        return self.proc.pid if self.proc.poll() is None else None
-
-    def stop(self, timeout: float) -> None:
-        if self.proc.poll() is None:
-            for sig in (signal.SIGCONT, signal.SIGTERM):
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait()
-        self._out.close()
 
 
 def _ns_pids(ns: str) -> list[int]:

@@ -65,7 +65,7 @@ def resolve_image(client: docker.DockerClient, kind: str, setting: str) -> tuple
                            f"({exc.explanation or exc})",
                            "run 'lab image build' (the offline lab image) and use "
                            f"images.{kind}='auto'") from None
-    return setting, docker_engine.LABEL_IMAGE in (image.labels or {})
+    return setting, docker_image.LABEL_IMAGE in (image.labels or {})
 
 
 class Container:

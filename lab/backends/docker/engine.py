@@ -49,7 +49,6 @@ SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin:/usr/bin:/usr/local/bin"
 # every container the lab creates carries these labels; `lab clean` matches on LABEL_RUN
 LABEL_RUN = "blackhole-lab.run"
 LABEL_PID = "blackhole-lab.pid"
-LABEL_IMAGE = "blackhole-lab.image"
 
 
 @dataclass
