@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -103,7 +104,7 @@ class ChildProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(sig)
 
@@ -119,7 +120,7 @@ class ChildProcess:
         """
         if self.proc.poll() is None:
             for sig in signals:
-                self.signal(sig)
+                self.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
