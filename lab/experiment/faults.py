@@ -34,23 +34,9 @@ class FaultTarget:
     standby_rs: RealServer
 
 
-def _nft_in(backend: Backend, ruleset: str) -> None:
-    backend.host.run(["nft", "-f", "-"], input=ruleset)
-
-
 def crash(target: FaultTarget) -> str:
-    """The backend vanishes without a word: every packet in or out of its link is dropped
-    at the device (netdev ingress + egress), so its kernel never sends a RST."""
-    ifname = f"to-{target.lb.host.name}"
-    _nft_in(
-        target.active,
-        f"""table netdev bhl_crash {{
-    chain ingress {{ type filter hook ingress device "{ifname}" priority -500; policy drop; }}
-    chain egress {{ type filter hook egress device "{ifname}" priority -500; policy drop; }}
-}}
-""",
-    )
-    return f"all packets on {target.active.name}:{ifname} dropped (no RST)"
+    """The backend vanishes without a word (Host.cut_link: no RST ever leaves it)."""
+    return target.active.host.cut_link(target.lb.host.name)
 
 
 def kill(target: FaultTarget) -> str:
@@ -65,19 +51,7 @@ def hang(target: FaultTarget) -> str:
 
 def partition(target: FaultTarget, mode: str) -> str:
     """The lb's path to the backend fails: drop (silent) or reject (tcp reset)."""
-    addr = target.active_rs.address
-    verdict = "drop" if mode == "drop" else "meta l4proto tcp reject with tcp reset"
-    target.lb.host.run(
-        ["nft", "-f", "-"],
-        input=f"""table ip bhl_partition {{
-    chain forward {{
-        type filter hook forward priority -10; policy accept;
-        ip daddr {addr} {verdict}
-        ip saddr {addr} drop
-    }}
-}}
-""",
-    )
+    target.lb.host.cut_forwarding(target.active_rs.address, mode)
     return f"lb<->{target.active.name} path: {mode}"
 
 

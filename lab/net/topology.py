@@ -33,6 +33,8 @@ from lab.net.runtime import Run
 T = TypeVar("T")
 
 IFNAME_MAX = 15
+CUT_LINK_TABLE = "bhl_cut_link"  # the nft tables of Host.cut_link and Host.cut_forwarding
+CUT_FORWARD_TABLE = "bhl_cut_forward"
 
 
 @dataclass
@@ -183,6 +185,33 @@ class Host:
 
     def pids(self) -> list[int]:
         return _ns_pids(self.ns)
+
+    # --- link faults: the nft text lives here once ----------------------------------------
+    def cut_link(self, peer: str) -> str:
+        """This host vanishes from its link to `peer` without a word: every packet in or out
+        of the device is dropped at netdev ingress/egress, so its kernel never sends a RST."""
+        ifname = f"to-{peer}"
+        self.run(["nft", "-f", "-"], input=(
+            f"table netdev {CUT_LINK_TABLE} {{\n"
+            f'  chain i {{ type filter hook ingress device "{ifname}" priority -500; '
+            "policy drop; }\n"
+            f'  chain e {{ type filter hook egress device "{ifname}" priority -500; '
+            "policy drop; }\n}\n"))
+        return f"all packets on {self.name}:{ifname} dropped (no RST)"
+
+    def mend_link(self) -> None:
+        """Undo cut_link (a site that comes back)."""
+        self.run(["nft", "delete", "table", "netdev", CUT_LINK_TABLE])
+
+    def cut_forwarding(self, address: ipaddress.IPv4Address | str, mode: str = "drop") -> str:
+        """This (forwarding) host stops passing traffic to and from `address`: `drop` is a
+        silent partition, `reject` answers the sender's packets with a TCP reset."""
+        verdict = "drop" if mode == "drop" else "meta l4proto tcp reject with tcp reset"
+        self.run(["nft", "-f", "-"], input=(
+            f"table ip {CUT_FORWARD_TABLE} {{\n  chain forward {{\n"
+            "    type filter hook forward priority -10; policy accept;\n"
+            f"    ip daddr {address} {verdict}\n    ip saddr {address} drop\n  }}\n}}\n"))
+        return f"{self.name} forwards nothing to or from {address}: {mode}"
 
 
 def _ns_pids(ns: str) -> list[int]:
