@@ -32,6 +32,9 @@ MAX_SLOTS = 2 ** (SLOT_PREFIXLEN - ADDRESS_POOL.prefixlen)
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (0 and negatives name process groups, never a run)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
