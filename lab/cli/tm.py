@@ -200,10 +200,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_live(args: argparse.Namespace) -> int:
     """Run a live scenario (and its no-controller comparison if it asks), print the bars."""
+    from lab.experiment.matrix import new_run_dir
     from lab.tm.live import report, runner, scenario
     # (lab.cli.main makes pyroute2's forked helpers die of SIGTERM, see there)
     scen = scenario.load(args.scenario)
-    out = runner.new_out_dir(args.out, scen.name)
+    out = new_run_dir(args.out, scen.name)  # results/<UTC stamp>-<scenario>, like `lab run`
     console = Console()
     console.print(f"run {out}: {scen.description or scen.name}", highlight=False)
     results = runner.run_scenario(

@@ -14,6 +14,12 @@ How IPVS maps onto netfilter here:
 Every change rewrites the service's chains in one `nft -f` transaction, so a switchover is
 atomic. We shell out to nft because pyroute2's nftables module has no netns argument and no
 NAT expression helpers (tcp-facts §6.6); nft is the tool a user would type anyway.
+
+Two choices differ for the traffic manager's weighted services (lab.tm.live.lb), so they are
+class attributes a subclass sets rather than rules it rewrites: `interleave_slots` (the map's
+slots in smooth weighted round robin instead of one range per server) and `scope_nodest` (the
+nodest rules also match the service's VIP:port, so that with one table per service and marks
+numbered per service a reset in one service spares another's connections of the same mark).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
@@ -37,8 +44,40 @@ class _Entry:
     state: str  # "active" | "removed" | "draining" | "reset"
 
 
+def interleave(weights: Sequence[tuple[int, int]]) -> list[int]:
+    """Smooth weighted round robin (nginx's, IPVS wrr's aim) of (mark, weight) pairs: one slot
+    per unit of weight, spread so that any run of consecutive slots holds each server in
+    proportion, +-1."""
+    total = sum(w for _, w in weights)
+    current = [0] * len(weights)
+    out = []
+    for _ in range(total):
+        for i, (_, w) in enumerate(weights):
+            current[i] += w
+        best = max(range(len(weights)), key=lambda i: current[i])  # first of the best
+        current[best] -= total
+        out.append(weights[best][0])
+    return out
+
+
+def slot_map(order: Sequence[int]) -> str:
+    """Marks in slot order as an nft map body, a run of equal marks as one range:
+    [1, 1, 2] -> '0-1 : 0x1, 2 : 0x2'."""
+    slots, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or order[i] != order[start]:
+            key = f"{start}" if i - 1 == start else f"{start}-{i - 1}"
+            slots.append(f"{key} : {order[start]:#x}")
+            start = i
+    return ", ".join(slots)
+
+
 class NftLoadBalancer(LoadBalancer):
     engine = "nft"
+    # False: one contiguous range of slots per server, as IPVS wrr cycles; True: interleaved
+    interleave_slots = False
+    # False: a nodest rule matches a mark in any service of the namespace (as upstream has it)
+    scope_nodest = False
 
     def __init__(
         self, host: Host, vip: ipaddress.IPv4Address, port: int, options: LbOptions
@@ -50,17 +89,17 @@ class NftLoadBalancer(LoadBalancer):
         self.table = f"{TABLE_PREFIX}{port}"
 
     # --- ruleset -------------------------------------------------------------------------
+    def _slot_order(self, active: list[_Entry]) -> list[int]:
+        if self.interleave_slots:
+            return interleave([(e.mark, e.weight) for e in active])
+        return [e.mark for e in active for _ in range(e.weight)]
+
     def _scheduling_rules(self) -> list[str]:
         active = [e for e in self._entries.values() if e.state == "active" and e.weight > 0]
         if not active:
             return []  # nothing to schedule to: the VIP itself answers with RST, as with IPVS
-        slots, start = [], 0
-        for e in active:
-            end = start + e.weight - 1
-            key = f"{start}" if end == start else f"{start}-{end}"
-            slots.append(f"{key} : {e.mark:#x}")
-            start = end + 1
-        rules = [f"ct mark set numgen inc mod {start} map {{ {', '.join(slots)} }}"]
+        order = self._slot_order(active)
+        rules = [f"ct mark set numgen inc mod {len(order)} map {{ {slot_map(order)} }}"]
         for e in active:
             rules.append(
                 f"ct mark {e.mark:#x} meta l4proto tcp dnat to {e.rs.address}:{e.rs.port}"
@@ -68,11 +107,15 @@ class NftLoadBalancer(LoadBalancer):
         return rules
 
     def _forward_rules(self) -> list[str]:
+        # scoped, the match needs tcp for proto-dst; unscoped, only the reset does
+        scope = (f" meta l4proto tcp ct original ip daddr {self.vip} "
+                 f"ct original proto-dst {self.port}") if self.scope_nodest else ""
+        tcp = "" if self.scope_nodest else " meta l4proto tcp"
         rules = []
         for e in self._entries.values():
-            match = f"ct mark {e.mark:#x} ct direction original"
+            match = f"ct mark {e.mark:#x} ct direction original{scope}"
             if e.state == "reset" or (e.state == "removed" and self.options.expire_nodest_conn):
-                rules.append(f"{match} meta l4proto tcp counter reject with tcp reset")
+                rules.append(f"{match}{tcp} counter reject with tcp reset")
             elif e.state == "removed":
                 rules.append(f"{match} counter drop")
         return rules
@@ -144,6 +187,23 @@ table ip {self.table} {{
             self._entry(rs).weight = weight
             self._apply()
 
+    def set_weights(self, weights: Mapping[str, int]) -> None:
+        """Set the weight of each named real server in one nft transaction (a shift moves
+        every server's share at once); an unknown name changes nothing."""
+        with self._lock:
+            for name in weights:
+                if name not in self._entries:
+                    raise ValueError(f"{name} is not a real server of {self.describe()}")
+            for name, weight in weights.items():
+                self._entries[name].weight = weight
+            self._apply()
+
+    def weights(self) -> dict[str, int]:
+        """Each real server's weight by name, in the order they were added (a removed one
+        keeps its weight for when it is added back)."""
+        with self._lock:
+            return {name: e.weight for name, e in self._entries.items()}
+
     def switchover(self, old: RealServer, new: RealServer) -> None:
         with self._lock:
             self._remove(old)
@@ -162,12 +222,8 @@ table ip {self.table} {{
         # conntrack table from inside another namespace as simply.
         out = self.host.run(["conntrack", "-L", "-p", "tcp"], check=False).stdout
         by_mark = {e.mark: e.rs.name for e in self._entries.values()}
-        conns = []
-        for line in out.splitlines():
-            conn = parse_conntrack_line(line, by_mark)
-            if conn and conn.virtual == f"{self.vip}:{self.port}":
-                conns.append(conn)
-        return conns
+        parsed = (parse_conntrack_line(line, by_mark) for line in out.splitlines())
+        return [c for c in parsed if c and c.virtual == f"{self.vip}:{self.port}"]
 
     def close(self) -> None:
         for timer in self._timers:

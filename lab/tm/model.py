@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -171,12 +171,13 @@ class _StateIn(_In):
     shifts: list[_ShiftIn] = []
 
 
-_KEYS: dict[str, list[str]] = {
-    "": list(_StateIn.model_fields),
-    "thresholds": list(ThresholdsIn.model_fields),
-    "sites": list(_SiteIn.model_fields),
-    "shifts": list(_ShiftIn.model_fields),
-}
+def known_keys(top: type[BaseModel], **tables: type[BaseModel]) -> dict[str, list[str]]:
+    """The valid keys of a file's top level ("") and of each of its tables, by table name
+    (pydantic_error's 'did you mean' and 'valid keys here')."""
+    return {"": list(top.model_fields), **{n: list(m.model_fields) for n, m in tables.items()}}
+
+
+_KEYS = known_keys(_StateIn, thresholds=ThresholdsIn, sites=_SiteIn, shifts=_ShiftIn)
 
 
 def exact(x: float) -> Fraction:
@@ -241,6 +242,22 @@ def pydantic_error(
         f"{path}: {at}: {err['msg'].lower()} (got {err.get('input')!r}){more}",
         f"correct {at} in {path.name}",
     )
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_file(doc: Any, path: Path, model: type[M], keys: Mapping[str, list[str]],
+                  section: Callable[[tuple[int | str, ...]], str], format_doc: str,
+                  top_level: str = "table") -> M:
+    """A decoded state or scenario file as `model`, or its first error as one LabError line
+    (pydantic_error's arguments; top_level: what the file's top level must be called)."""
+    if not isinstance(doc, dict):
+        raise LabError(f"{path}: the top level must be a {top_level}", f"see {format_doc}")
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        raise pydantic_error(path, exc, keys, section, format_doc) from None
 
 
 def _read(path: Path) -> Any:
@@ -364,12 +381,7 @@ def _shifts(path: Path, raw: list[_ShiftIn], sites: Mapping[str, Site]) -> tuple
 
 def parse(doc: Any, path: Path) -> State:
     """Validate an already-decoded document; `path` is only used in error messages."""
-    if not isinstance(doc, dict):
-        raise LabError(f"{path}: the top level must be a table/object", "see lab/tm/model.py")
-    try:
-        raw = _StateIn.model_validate(doc)
-    except ValidationError as exc:
-        raise pydantic_error(path, exc, _KEYS, _section, "lab/tm/model.py") from None
+    raw = validate_file(doc, path, _StateIn, _KEYS, _section, "lab/tm/model.py", "table/object")
     sites: dict[str, Site] = {}
     for name, s in raw.sites.items():
         sites[name] = Site(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.lb import LbOptions, RealServer, make
-from lab.lb.nft import parse_conntrack_line
+from lab.lb.nft import NftLoadBalancer, interleave, parse_conntrack_line, slot_map
 from lab.net.runtime import Run
 from lab.net.topology import Network, lvs_topology, lvs_vip
 
@@ -78,6 +79,66 @@ def test_parse_conntrack_line() -> None:
         "ESTABLISHED", "198.18.0.1:40000", "198.18.0.100:3001", "198.18.1.2:3306", "backend1")
     assert c.expire_s == 431999
     assert parse_conntrack_line("conntrack v1.4.7: 0 flow entries", {}) is None
+
+
+def test_interleave_spreads_each_server_evenly() -> None:
+    order = interleave([(1, 850), (2, 100), (3, 50)])
+    assert len(order) == 1000 and order.count(2) == 100 and order.count(3) == 50
+    for start in range(0, 1000 - 40, 7):  # any 40 consecutive slots: 34 / 4 / 2, +-1
+        window = order[start : start + 40]
+        assert abs(window.count(2) - 4) <= 1 and abs(window.count(3) - 2) <= 1
+    assert interleave([(1, 1), (2, 1)]) == [1, 2]
+
+
+def test_slot_map_folds_runs_into_ranges() -> None:
+    assert slot_map([1, 1, 2, 2, 2]) == "0-1 : 0x1, 2-4 : 0x2"
+    assert slot_map([2, 1, 2, 2]) == "0 : 0x2, 1 : 0x1, 2-3 : 0x2"
+
+
+def installed_slots(lb: NftLoadBalancer) -> list[tuple[str, int]]:
+    """The scheduling map as nft holds it: (slot or range, mark) in slot order."""
+    svc = lb.host.run(["nft", "list", "chain", "ip", lb.table, "svc"]).stdout
+    body = re.search(r"numgen inc mod \d+ map \{ (.*?) \}", svc)
+    assert body is not None, svc
+    return [(key, int(mark, 16)) for key, mark in re.findall(r"([\d-]+) : (0x[0-9a-f]+)",
+                                                             body.group(1))]
+
+
+class Interleaved(NftLoadBalancer):
+    interleave_slots = True
+    scope_nodest = True
+
+
+@pytest.mark.root
+def test_set_weights_rewrites_the_map_in_one_go(rig: Rig) -> None:
+    rig.lb.add_real_server(rig.servers[1], weight=0)
+    assert rig.lb.weights() == {"backend1": 1, "backend2": 0}
+    assert installed_slots(rig.lb) == [("0", 1)]
+    rig.lb.set_weights({"backend1": 1, "backend2": 3})
+    assert rig.lb.weights() == {"backend1": 1, "backend2": 3}
+    assert installed_slots(rig.lb) == [("0", 1), ("1-3", 2)]  # one range per server
+    with pytest.raises(ValueError, match="nobody is not a real server"):
+        rig.lb.set_weights({"backend2": 1, "nobody": 1})
+    assert rig.lb.weights() == {"backend1": 1, "backend2": 3}  # nothing changed
+    assert installed_slots(rig.lb) == [("0", 1), ("1-3", 2)]
+
+
+@pytest.mark.root
+def test_interleaved_slots_and_scoped_nodest_rules(rig: Rig) -> None:
+    lb = Interleaved(rig.net["lb"], rig.vip, 3002, LbOptions())
+    lb.setup()
+    try:
+        lb.add_real_server(rig.servers[0], 1)
+        lb.add_real_server(rig.servers[1], 3)
+        assert installed_slots(lb) == [("0", 2), ("1", 1), ("2-3", 2)]
+        lb.remove_real_server(rig.servers[0])
+        nodest = lb.host.run(["nft", "list", "chain", "ip", lb.table, "nodest"]).stdout
+        assert f"ct original ip daddr {rig.vip} ct original proto-dst 3002" in nodest, nodest
+        rig.lb.remove_real_server(rig.servers[0])  # the upstream rule matches the mark alone
+        upstream = rig.lb.host.run(["nft", "list", "chain", "ip", rig.lb.table, "nodest"]).stdout
+        assert "drop" in upstream and "ct original" not in upstream, upstream
+    finally:
+        lb.close()
 
 
 @pytest.mark.root

@@ -43,6 +43,37 @@ class Counters:
         table[key] = table.get(key, 0) + 1
 
 
+@dataclass
+class Worker:
+    """One worker's connection and its record since its last success."""
+
+    home: str
+    plan: str
+    port: int
+    index: int
+    period: float  # seconds between its requests
+    first_used: int  # requests the first connection counts as already sent
+    last_ok_t: float
+    last_ok_site: str = ""
+    errors: int = 0
+    last_error: str = ""
+    used: int = 0
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.home}/{self.plan}"
+
+    def gap(self, to_t: float | None, site_after: str) -> dict[str, Any]:
+        """The gap record since the last success, up to to_t (None: still open)."""
+        return {
+            "kind": "gap", "home": self.home, "plan": self.plan, "worker": self.index,
+            "from_t": self.last_ok_t, "to_t": to_t, "site_before": self.last_ok_site,
+            "site_after": site_after, "errors": self.errors, "last_error": self.last_error,
+        }
+
+
 class Client:
     def __init__(self, config: dict[str, Any], out: TextIO) -> None:
         self.vip: str = config["vip"]
@@ -99,75 +130,82 @@ class Client:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
     async def worker(self, stream: dict[str, Any], index: int, start: float) -> None:
-        home, plan, port = stream["home"], stream["plan"], stream["port"]
-        key = f"{home}/{plan}"
+        """One keep-alive connection of a stream, paced at its share of the stream's rate."""
         period = self.workers / stream["rate"]
         next_t = start + period * random.random()
-        reader: asyncio.StreamReader | None = None
-        writer: asyncio.StreamWriter | None = None
-        used = 0
         # the first connection carries a random share of its requests, so workers do not
         # recycle in lockstep (rates like 20/s and 5 requests per connection divide evenly)
-        first_used = random.randrange(self.per_connection)
-        last_ok_t, last_ok_site, errors, last_error = time.monotonic(), "", 0, ""
-        gap_key = (home, plan, index)
+        w = Worker(stream["home"], stream["plan"], stream["port"], index, period,
+                   first_used=random.randrange(self.per_connection),
+                   last_ok_t=time.monotonic())
         while not self.stopping.is_set():
-            now = time.monotonic()
-            if next_t > now:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), next_t - now)
-                if self.stopping.is_set():
-                    break
-            next_t = max(next_t + period, time.monotonic())  # late: skip, do not burst
-            for attempt in (1, 2):  # an error on a used connection: retry once on a new one
-                fresh = writer is None
-                try:
-                    if reader is None or writer is None:
-                        new_reader, new_writer = await asyncio.wait_for(
-                            asyncio.open_connection(self.vip, port), self.connect_timeout
-                        )
-                        reader, writer = new_reader, new_writer
-                        used = first_used
-                        first_used = 0
-                        self._keepalive(new_writer)
-                        self.counters.add(self.counters.conn, key)
-                    site = await self._request(reader, writer, home, plan)
-                except (OSError, EOFError, TimeoutError, ConnectionError, ValueError) as exc:
-                    self.counters.add(self.counters.err, key)
-                    errors += 1
-                    last_error = describe_error(exc, fresh)
-                    print(f"{time.monotonic():.3f} {key} worker {index}: {last_error} ({exc})",
-                          file=sys.stderr, flush=True)
-                    if writer is not None:
-                        writer.transport.abort()
-                    reader = writer = None
-                    if fresh or attempt == 2:
-                        await asyncio.sleep(0.05)
-                        break
-                    continue
-                now = time.monotonic()
-                self.counters.add(self.counters.ok, f"{key}/{site}")
-                self.ready.add(key)
-                if now - last_ok_t > self.gap_s + period:
-                    self.write({
-                        "kind": "gap", "home": home, "plan": plan, "worker": index,
-                        "from_t": last_ok_t, "to_t": now, "site_before": last_ok_site,
-                        "site_after": site, "errors": errors, "last_error": last_error,
-                    })
-                last_ok_t, last_ok_site, errors, last_error = now, site, 0, ""
-                used += 1
-                if used >= self.per_connection:
-                    assert writer is not None
-                    writer.close()
-                    reader = writer = None
+            if not await self._sleep_until(next_t):
                 break
-            self.open_gaps[gap_key] = {
-                "kind": "gap", "home": home, "plan": plan, "worker": index, "from_t": last_ok_t,
-                "to_t": None, "site_before": last_ok_site, "site_after": "", "errors": errors,
-                "last_error": last_error,
-            }
-        if writer is not None:
-            writer.transport.abort()
+            next_t = max(next_t + period, time.monotonic())  # late: skip, do not burst
+            await self._send(w)
+            self.open_gaps[(w.home, w.plan, w.index)] = w.gap(None, "")
+        if w.writer is not None:
+            w.writer.transport.abort()
+
+    async def _sleep_until(self, t: float) -> bool:
+        """Wait until monotonic time t; False if the client is stopping first."""
+        now = time.monotonic()
+        if t > now:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), t - now)
+        return not self.stopping.is_set()
+
+    async def _send(self, w: Worker) -> None:
+        """One request; an error on a used connection is retried once on a new one."""
+        for attempt in (1, 2):
+            fresh = w.writer is None
+            try:
+                site = await self._request_on(w)
+            except (OSError, EOFError, TimeoutError, ConnectionError, ValueError) as exc:
+                self._failed(w, exc, fresh)
+                if fresh or attempt == 2:
+                    await asyncio.sleep(0.05)
+                    return
+                continue
+            self._answered(w, site)
+            return
+
+    async def _request_on(self, w: Worker) -> str:
+        """The request on the worker's connection, opened first if it has none."""
+        if w.reader is None or w.writer is None:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.vip, w.port), self.connect_timeout
+            )
+            w.reader, w.writer = reader, writer
+            w.used = w.first_used
+            w.first_used = 0
+            self._keepalive(writer)
+            self.counters.add(self.counters.conn, w.key)
+        return await self._request(w.reader, w.writer, w.home, w.plan)
+
+    def _failed(self, w: Worker, exc: BaseException, fresh: bool) -> None:
+        self.counters.add(self.counters.err, w.key)
+        w.errors += 1
+        w.last_error = describe_error(exc, fresh)
+        print(f"{time.monotonic():.3f} {w.key} worker {w.index}: {w.last_error} ({exc})",
+              file=sys.stderr, flush=True)
+        if w.writer is not None:
+            w.writer.transport.abort()
+        w.reader = w.writer = None
+
+    def _answered(self, w: Worker, site: str) -> None:
+        """Count the success, write the gap it ends (if any), recycle a used-up connection."""
+        now = time.monotonic()
+        self.counters.add(self.counters.ok, f"{w.key}/{site}")
+        self.ready.add(w.key)
+        if now - w.last_ok_t > self.gap_s + w.period:
+            self.write(w.gap(now, site))
+        w.last_ok_t, w.last_ok_site, w.errors, w.last_error = now, site, 0, ""
+        w.used += 1
+        if w.used >= self.per_connection:
+            assert w.writer is not None
+            w.writer.close()
+            w.reader = w.writer = None
 
     async def sampler(self) -> None:
         announced = False

@@ -251,6 +251,34 @@ class Manager:
         self.down.add(site)
         new = dict(self.table)
         load = dict(self.load)
+        self._drop_shifts_into(site, new, load, reasons)
+        survivors = [s for s in self.sites if s not in self.down]
+        if not survivors:
+            reasons.append("no site is up: nothing to fail over to")
+            return self._finish(new, reasons)
+        for key in [k for k in new if k[0] == site and k[2] in self.down]:
+            del new[key]  # its shifts to other down sites must move too
+        own = max(self.own_history[site], key=lambda o: sum(o.values(), ZERO), default={})
+        # the fraction of each plan still served at `site`
+        share = {p: 1 - sum((f for (s, q, _), f in new.items() if s == site and q == p), ZERO)
+                 for p in self.plans}
+        available = {p: own.get(p, ZERO) * share[p] for p in self.plans}
+        placed = {p: ZERO for p in self.plans}
+        for p, to, ms in place(available, self._headroom(site, survivors, load)):
+            fraction = ms / own[p]
+            new[(site, p, to)] = new.get((site, p, to), ZERO) + fraction
+            placed[p] += fraction
+            reasons.append(
+                f"{site}: {p.label} {fmt_pct(fraction)} ({fmt_ms(ms)} ms/s) -> {to} "
+                f"({fmt_ms(self.latency_ms(site, to))} ms away)"
+            )
+        rest = {p: share[p] - placed[p] for p in self.plans}
+        self._to_nearest(site, self.nearest(site, survivors)[0], rest, own, new, reasons)
+        return self._finish(new, reasons)
+
+    def _drop_shifts_into(self, site: str, new: dict[Key, Fraction],
+                          load: dict[str, Fraction], reasons: list[str]) -> None:
+        """Every other site takes back what it shifted to the failed `site` (its load grows)."""
         for key in sorted(new):
             if key[2] == site and key[0] != site:
                 load[key[0]] = load.get(key[0], ZERO) + new[key] * self.own.get(key[0], {}).get(
@@ -261,44 +289,31 @@ class Manager:
                     f" ({site} is down)"
                 )
                 del new[key]
-        survivors = [s for s in self.sites if s not in self.down]
-        if not survivors:
-            reasons.append("no site is up: nothing to fail over to")
-            return self._finish(new, reasons)
-        for key in [k for k in new if k[0] == site and k[2] in self.down]:
-            del new[key]  # its shifts to other down sites must move too
-        own = max(self.own_history[site], key=lambda o: sum(o.values(), ZERO), default={})
-        share = {p: ZERO for p in self.plans}  # fraction of each plan still served at `site`
-        for p in self.plans:
-            share[p] = 1 - sum((f for (s, q, _), f in new.items() if s == site and q == p), ZERO)
-        available = {p: own.get(p, ZERO) * share[p] for p in self.plans}
+
+    def _headroom(self, site: str, survivors: list[str], load: Mapping[str, Fraction]
+                  ) -> list[tuple[str, Fraction]]:
+        """(survivor, ms/s it can take up to its target), nearest to `site` first."""
         headroom = []
         for s in self.nearest(site, survivors):
             if s in self.capacity:
                 room = self.capacity[s] * self.thresholds[s].target - load.get(s, ZERO)
                 if room > 0:
                     headroom.append((s, room))
-        placed = {p: ZERO for p in self.plans}
-        for p, to, ms in place(available, headroom):
-            fraction = ms / own[p]
-            new[(site, p, to)] = new.get((site, p, to), ZERO) + fraction
-            placed[p] += fraction
-            reasons.append(
-                f"{site}: {p.label} {fmt_pct(fraction)} ({fmt_ms(ms)} ms/s) -> {to} "
-                f"({fmt_ms(self.latency_ms(site, to))} ms away)"
-            )
-        nearest = self.nearest(site, survivors)[0]
+        return headroom
+
+    def _to_nearest(self, site: str, nearest: str, rest: Mapping[Plan, Fraction],
+                    own: Mapping[Plan, Fraction], new: dict[Key, Fraction],
+                    reasons: list[str]) -> None:
+        """What fits under no survivor's target goes to the nearest one: it must go somewhere."""
         for p in self.plans:
-            rest = share[p] - placed[p]
-            if rest > 0:
-                new[(site, p, nearest)] = new.get((site, p, nearest), ZERO) + rest
-                ms = rest * own.get(p, ZERO)
+            if rest[p] > 0:
+                new[(site, p, nearest)] = new.get((site, p, nearest), ZERO) + rest[p]
+                ms = rest[p] * own.get(p, ZERO)
                 why = "fits under no survivor's target" if ms > 0 else "no measured traffic"
                 reasons.append(
-                    f"{site}: {p.label} {fmt_pct(rest)} ({fmt_ms(ms)} ms/s) -> {nearest}, the "
-                    f"nearest survivor ({why})"
+                    f"{site}: {p.label} {fmt_pct(rest[p])} ({fmt_ms(ms)} ms/s) -> {nearest}, "
+                    f"the nearest survivor ({why})"
                 )
-        return self._finish(new, reasons)
 
     def recover(self, site: str, detail: str, canary: bool = True) -> Outcome:
         """Put `site` back; with `canary` it takes back that share of its own traffic at

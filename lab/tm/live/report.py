@@ -238,6 +238,10 @@ def summarise(out: Path, scen: Scenario) -> dict[str, Any]:
     }
 
 
+Counts = dict[tuple[str, str], dict[float, list[int]]]  # (home, plan) -> second -> [all, away]
+Away = dict[tuple[str, str], dict[float, int]]  # (home, served by) -> second -> requests
+
+
 def plot(out: Path, scen: Scenario) -> Path:
     """timeline.png, one time axis: utilisation per site against its thresholds; per home
     site the share of each plan served elsewhere (solid: measured at the clients, dotted: the
@@ -248,12 +252,30 @@ def plot(out: Path, scen: Scenario) -> Path:
     import matplotlib.pyplot as plt
 
     names = sorted(scen.sites)
-    plans = [p.label for p in sorted(scen.plans)]
     rows = len(names) + 2
     fig, axes = plt.subplots(rows, 1, figsize=(11, 2.4 * rows), sharex=True, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     site_colour = {n: colours[i % len(colours)] for i, n in enumerate(names)}
-    ax = axes[0][0]
+    _plot_utilisation([row[0] for row in axes], out, scen, site_colour)
+    counts, away = _served(out)
+    ticks = tables(out)
+    plan_colours = {p.label: colours[int(p) % len(colours)] for p in Plan}
+    for k, home in enumerate(names, start=1):
+        _plot_home(axes[k][0], home, [p.label for p in sorted(scen.plans)], counts, ticks,
+                   plan_colours)
+    _plot_away(axes[-1][0], names, counts, away, site_colour)
+    axes[-1][0].set_xlabel("seconds since the load started")
+    fig.tight_layout()
+    path = out / "timeline.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _plot_utilisation(axes: list[Any], out: Path, scen: Scenario,
+                      site_colour: dict[str, str]) -> None:
+    """The top panel (utilisation against thresholds); every panel gets the fault lines."""
+    ax = axes[0]
     for site, points in sorted(utilisation(out).items()):
         ax.plot([t for t, _ in points], [u for _, u in points], label=site,
                 color=site_colour[site])
@@ -263,15 +285,20 @@ def plot(out: Path, scen: Scenario) -> Path:
                        alpha=0.6)
     for i, (e, at) in enumerate(zip(scen.events, fault_times(out, scen), strict=True)):
         for row in axes:
-            row[0].axvline(at, color="grey", linewidth=0.8, alpha=0.7)
+            row.axvline(at, color="grey", linewidth=0.8, alpha=0.7)
         ax.annotate(e.short(), (at, 1.02 + 0.1 * (i % 2)), xycoords=("data", "axes fraction"),
                     fontsize=7)
     ax.set_ylabel("utilisation")
     ax.set_title(f"{scen.name}, controller {scen.controller.mode}: utilisation per second vs "
                  "thresholds (-- max, : target, -. acceptable)", fontsize=9, pad=22)
     ax.legend(loc="upper right", fontsize=8)
-    counts: dict[tuple[str, str], dict[float, list[int]]] = defaultdict(dict)
-    away: dict[tuple[str, str], dict[float, int]] = defaultdict(lambda: defaultdict(int))
+
+
+def _served(out: Path) -> tuple[Counts, Away]:
+    """Requests served per second: per (home, plan) all and away from home; per home and
+    the site that served them away from home."""
+    counts: Counts = defaultdict(dict)
+    away: Away = defaultdict(lambda: defaultdict(int))
     for r in _rows(out / "traffic.csv"):
         if r["served_by"] == ERROR:
             continue
@@ -281,20 +308,27 @@ def plot(out: Path, scen: Scenario) -> Path:
         if r["served_by"] != r["home"]:
             cell[1] += n
             away[(r["home"], r["served_by"])][t] += n
-    ticks = tables(out)
-    plan_colours = {p.label: colours[int(p) % len(colours)] for p in Plan}
-    for k, home in enumerate(names, start=1):
-        ax = axes[k][0]
-        for p in plans:
-            series = sorted(counts[(home, p)].items())
-            ax.plot([t for t, _ in series], [100 * a / n if n else 0 for _, (n, a) in series],
-                    label=p, color=plan_colours[p])
-            ax.plot(list(ticks), [100 * shifted(tb, home, p) for tb in ticks.values()],
-                    color=plan_colours[p], linestyle=":", linewidth=1)
-        ax.set_ylabel(f"home {home}:\n% served away")
-        ax.set_ylim(-5, 105)
-        ax.legend(loc="upper right", fontsize=7, ncol=len(plans))
-    ax = axes[-1][0]
+    return counts, away
+
+
+def _plot_home(ax: Any, home: str, plans: list[str], counts: Counts,
+               ticks: dict[float, dict[tuple[str, str, str], float]],
+               plan_colours: dict[str, str]) -> None:
+    """One home site's panel: % of each plan served away, measured and in the table."""
+    for p in plans:
+        series = sorted(counts[(home, p)].items())
+        ax.plot([t for t, _ in series], [100 * a / n if n else 0 for _, (n, a) in series],
+                label=p, color=plan_colours[p])
+        ax.plot(list(ticks), [100 * shifted(tb, home, p) for tb in ticks.values()],
+                color=plan_colours[p], linestyle=":", linewidth=1)
+    ax.set_ylabel(f"home {home}:\n% served away")
+    ax.set_ylim(-5, 105)
+    ax.legend(loc="upper right", fontsize=7, ncol=len(plans))
+
+
+def _plot_away(ax: Any, names: list[str], counts: Counts, away: Away,
+               site_colour: dict[str, str]) -> None:
+    """The bottom panel: requests/s served away from home, per home -> site."""
     seconds = sorted({t for c in counts.values() for t in c})
     for (home, site), per_second in sorted(away.items()):
         points = [(t, per_second.get(t, 0)) for t in seconds]
@@ -303,12 +337,6 @@ def plot(out: Path, scen: Scenario) -> Path:
     ax.set_ylabel("requests/s served\naway from home")
     if away:
         ax.legend(loc="upper right", fontsize=7, ncol=min(4, len(away)))
-    axes[-1][0].set_xlabel("seconds since the load started")
-    fig.tight_layout()
-    path = out / "timeline.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
 
 
 def _s(x: float | None) -> str:

@@ -2,11 +2,11 @@
 
     client --- lb (VIP, one virtual service per (home site, plan)) --- site A, B, C ...
 
-Every process runs inside a lab namespace: the sites in theirs, the load generator in the
-client's, the health prober in the lb's. The controller runs here, in the lab's own process:
-it reads the sites' reports from files in the run's scratch dir, gets the probes' verdicts
-over a pipe, and changes the lb's nft rules with `ip netns exec` (the NftLoadBalancer way).
-It never opens a connection itself.
+Every process runs inside a lab namespace (Host.start: the lab's log and stop sequence): the
+sites in theirs, the load generator in the client's, the health prober in the lb's. The
+controller runs here, in the lab's own process: it reads the sites' reports from files in
+the run's scratch dir, gets the probes' verdicts over a pipe, and changes the lb's nft rules
+with `ip netns exec` (the NftLoadBalancer way). It never opens a connection itself.
 
 The loop, every `interval_s`: read the reports, measure each site over `window_s`, and (mode
 "tm") decide with lab.tm.live.manager and apply the table as weights; after a change it waits
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ipaddress
 import json
 import queue
 import subprocess
@@ -29,13 +30,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from lab.errors import LabError
 from lab.lb.base import LbOptions, RealServer
+from lab.net.process import ChildProcess, wait_until
 from lab.net.runtime import Run, new_run
 from lab.net.topology import Host, Network, Topology, lvs_vip
 from lab.tm.live import report
@@ -47,35 +48,22 @@ from lab.tm.model import Plan, fmt_u
 
 SITE_PORT = 8080
 SERVICE_PORT_BASE = 8000  # service of (home i, plan p): 8000 + 10 * i + p
-CRASH_TABLE = "bhl_crash"
 READY_TIMEOUT_S = 20.0
 SLACK_S = 0.05  # a tick that comes a hair early still counts as settle_s later
-
-
-def crash_ruleset(ifname: str = "to-lb") -> str:
-    """Drop every packet on the site's link, both ways, before anything else sees it."""
-    return (
-        f"table netdev {CRASH_TABLE} {{\n"
-        f'  chain i {{ type filter hook ingress device "{ifname}" priority -500; policy drop; }}\n'
-        f'  chain e {{ type filter hook egress device "{ifname}" priority -500; policy drop; }}\n'
-        "}\n"
-    )
 
 
 def service_port(home_index: int, p: Plan) -> int:
     return SERVICE_PORT_BASE + 10 * home_index + int(p)
 
 
-def new_out_dir(root: Path, name: str) -> Path:
-    """results/<UTC stamp>-<scenario name>, like `lab run`."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = root / f"{stamp}-{name}"
-    path.mkdir(parents=True, exist_ok=False)
-    return path
-
-
 class EventLog:
-    """events.csv: t_s, event, detail; every line also goes to `on_line`."""
+    """events.csv: t_s, event, detail; every line also goes to `on_line`.
+
+    Its own log, not the trial's (lab.experiment.trial.TrialResult.event, a list written with
+    the trial's result at its end): a live run is watched as it decides, so each line is
+    printed and flushed to the file the moment it happens, and a run that is interrupted or
+    fails keeps its timeline up to that moment.
+    """
 
     def __init__(self, path: Path, t0: Callable[[], float], on_line: Callable[[str], None]):
         self._file: TextIO = open(path, "w", newline="")  # noqa: SIM115 (closed in close())
@@ -99,12 +87,11 @@ class EventLog:
 class Health:
     """Reads the prober's lines; turns consecutive failures/successes into down/up verdicts."""
 
-    def __init__(self, proc: subprocess.Popen[str], fail_after: int, recover_after: int):
-        self.proc = proc
+    def __init__(self, prober: ChildProcess, fail_after: int, recover_after: int):
+        self.prober = prober
         self.fail_after = fail_after
         self.recover_after = recover_after
         self.verdicts: queue.Queue[tuple[str, str, str, float]] = queue.Queue()
-        self.first = threading.Event()
         self._fails: dict[str, int] = {}
         self._oks: dict[str, int] = {}
         self._down: set[str] = set()
@@ -112,28 +99,44 @@ class Health:
         self._thread.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        stdout = self.prober.proc.stdout
+        assert stdout is not None
+        for line in stdout:
             try:
                 rec = json.loads(line)
                 site, up, t = str(rec["site"]), bool(rec["up"]), float(rec["t"])
             except (ValueError, KeyError, TypeError):
                 continue
-            self.first.set()
             if up:
-                self._fails[site] = 0
-                self._oks[site] = self._oks.get(site, 0) + 1
-                if site in self._down and self._oks[site] >= self.recover_after:
-                    self._down.discard(site)
-                    self.verdicts.put(("up", site, f"{self._oks[site]} probes ok", t))
+                self._probe_ok(site, t)
             else:
-                self._oks[site] = 0
-                self._fails[site] = self._fails.get(site, 0) + 1
-                if site not in self._down and self._fails[site] >= self.fail_after:
-                    self._down.add(site)
-                    detail = f"{self._fails[site]} failed health probes: {rec.get('detail', '')}"
-                    self.verdicts.put(("down", site, detail, t))
-        self.first.set()
+                self._probe_failed(site, t, str(rec.get("detail", "")))
+
+    def _probe_ok(self, site: str, t: float) -> None:
+        self._fails[site] = 0
+        self._oks[site] = self._oks.get(site, 0) + 1
+        if site in self._down and self._oks[site] >= self.recover_after:
+            self._down.discard(site)
+            self.verdicts.put(("up", site, f"{self._oks[site]} probes ok", t))
+
+    def _probe_failed(self, site: str, t: float, detail: str) -> None:
+        self._oks[site] = 0
+        self._fails[site] = self._fails.get(site, 0) + 1
+        if site not in self._down and self._fails[site] >= self.fail_after:
+            self._down.add(site)
+            self.verdicts.put(("down", site, f"{self._fails[site]} failed health probes: {detail}",
+                               t))
+
+
+def announced(child: ChildProcess, word: str, timeout: float) -> bool:
+    """Whether the child's first line on stdout is `word`, within `timeout` (a child that
+    dies first ends the wait at once; one that hangs, at the timeout)."""
+    stdout: IO[str] | None = child.proc.stdout
+    assert stdout is not None
+    first: list[str] = []
+    threading.Thread(target=lambda: first.append(stdout.readline()), daemon=True).start()
+    wait_until(lambda: first, timeout, alive=child.alive)
+    return bool(first) and first[0].strip() == word
 
 
 class LiveRun:
@@ -146,8 +149,7 @@ class LiveRun:
         self.ctl = scen.controller
         self.names = sorted(scen.sites)
         self.t0 = time.monotonic()
-        self.procs: list[subprocess.Popen[Any]] = []
-        self.logs: list[TextIO] = []
+        self.children: list[ChildProcess] = []
         self.lbs: dict[tuple[str, Plan], WeightedNftLoadBalancer] = {}
         self.servers: dict[str, RealServer] = {}
         self.applied: dict[tuple[str, Plan], dict[str, int]] = {}
@@ -185,16 +187,15 @@ class LiveRun:
             topo.add_link("lb", name)
         return topo
 
-    def _popen(self, host: Host, module: str, config: dict[str, Any], log: str,
-               stdout: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
-        log_file = open(self.out / "logs" / log, "w")  # noqa: SIM115 (closed in _stop())
-        self.logs.append(log_file)
-        proc = host.popen(
-            [sys.executable, "-m", module, json.dumps(config)],
-            stdin=subprocess.DEVNULL, stdout=stdout, stderr=log_file, text=True, bufsize=1,
-        )
-        self.procs.append(proc)
-        return proc
+    def _start_child(self, host: Host, module: str, config: dict[str, Any],
+                     log: str) -> ChildProcess:
+        """`python -m module CONFIG_JSON` in host's namespace: stdout a pipe to us, stderr
+        in logs/<log>; stopped in _stop()."""
+        child = host.start([sys.executable, "-m", module, json.dumps(config)],
+                           self.out / "logs" / log, mode="w", stdout=subprocess.PIPE,
+                           text=True, bufsize=1)
+        self.children.append(child)
+        return child
 
     def _write_control(self, host: Host, name: str) -> None:
         path = host.workdir / "control.json"
@@ -204,28 +205,38 @@ class LiveRun:
 
     def _start(self, net: Network, run: Run) -> None:
         (self.out / "logs").mkdir(exist_ok=True)
+        self._start_sites(net)
+        vip = lvs_vip(run)
+        net.add_address("lb", str(vip), "to-client")
+        streams = self._start_services(net, vip)
+        self._start_probe(net)
+        self._start_client(net, vip, streams)
+
+    def _start_sites(self, net: Network) -> None:
+        """Every site's server, its control file and the reader of its reports."""
         sites = frozenset(self.names)
         costs = {p.label: spec.cost_ms for p, spec in self.scen.plans.items()}
         for name in self.names:
             host = net[name]
             address = host.address_towards("lb")
             self._write_control(host, name)
-            proc = self._popen(host, "lab.tm.live.site", {
+            child = self._start_child(host, "lab.tm.live.site", {
                 "name": name, "address": str(address), "port": SITE_PORT, "costs": costs,
                 "budget_ms_per_s": self.scen.sites[name].budget_ms_per_s,
                 "stats": str(host.workdir / "stats.json"),
                 "control": str(host.workdir / "control.json"),
             }, f"site-{name}.log")
-            assert proc.stdout is not None
-            if proc.stdout.readline().strip() != "listening":
+            if not announced(child, "listening", READY_TIMEOUT_S):
                 raise RuntimeError(f"site {name} did not start: see {self.out}/logs")
             self.servers[name] = RealServer(name, address, SITE_PORT)
             self.stats[name] = SiteStats(
                 name, host.workdir / "stats.json", sites, self.ctl.stale_after_s,
                 keep_s=self.ctl.window_s + 2 * self.ctl.interval_s,
             )
-        vip = lvs_vip(run)
-        net.add_address("lb", str(vip), "to-client")
+
+    def _start_services(self, net: Network, vip: ipaddress.IPv4Address) -> list[dict[str, Any]]:
+        """One virtual service per (home, plan), all its traffic at home; the client's
+        streams (those with a rate)."""
         scale = self.ctl.weight_scale
         streams = []
         for i, home in enumerate(self.names):
@@ -240,30 +251,28 @@ class LiveRun:
                 rate = self.scen.sites[home].requests_per_s * spec.share
                 if rate > 0:
                     streams.append({"home": home, "plan": p.label, "port": port, "rate": rate})
-        probe = self._popen(net["lb"], "lab.tm.live.probe", {
+        return streams
+
+    def _start_probe(self, net: Network) -> None:
+        prober = self._start_child(net["lb"], "lab.tm.live.probe", {
             "targets": {n: [str(s.address), s.port] for n, s in self.servers.items()},
             "interval_s": self.ctl.probe_interval_s, "timeout_s": self.ctl.probe_timeout_s,
         }, "probe.log")
-        self.health = Health(probe, self.ctl.fail_after, self.ctl.recover_after)
+        self.health = Health(prober, self.ctl.fail_after, self.ctl.recover_after)
+
+    def _start_client(self, net: Network, vip: ipaddress.IPv4Address,
+                      streams: list[dict[str, Any]]) -> None:
+        """The load generator; returns once every stream has had an answer."""
         c = self.scen.clients
         self.client_out = net["client"].workdir / "client.jsonl"
-        self.client = self._popen(net["client"], "lab.tm.live.client", {
+        client = self._start_child(net["client"], "lab.tm.live.client", {
             "vip": str(vip), "streams": streams, "workers": c.workers,
             "requests_per_connection": c.requests_per_connection,
             "connect_timeout_s": c.connect_timeout_s, "out": str(self.client_out),
             "keepalive": [c.keepalive_idle_s, c.keepalive_interval_s, c.keepalive_probes]
             if c.keepalive_idle_s else None,
         }, "client.log")
-        ready: queue.Queue[str] = queue.Queue()
-        threading.Thread(
-            target=lambda: ready.put(self.client.stdout.readline() if self.client.stdout else ""),
-            daemon=True,
-        ).start()
-        try:
-            line = ready.get(timeout=READY_TIMEOUT_S)
-        except queue.Empty:
-            line = ""
-        if line.strip() != "ready":
+        if not announced(client, "ready", READY_TIMEOUT_S):
             raise RuntimeError(
                 f"the clients got no answer from every service within {READY_TIMEOUT_S:g} s "
                 f"(see {self.out}/logs/client.log)"
@@ -280,9 +289,9 @@ class LiveRun:
             self.control[event.site]["report"] = event.report
             self._write_control(host, event.site)
         elif event.action == "crash":
-            host.run(["nft", "-f", "-"], input=crash_ruleset())
+            host.cut_link("lb")  # the site's link to the lb: all its packets dropped, no RST
         elif event.action == "restore":
-            host.run(["nft", "delete", "table", "netdev", CRASH_TABLE])
+            host.mend_link()
         self.events.add("fault", event.describe())
 
     def _apply(self, outcome: Outcome, *, failed: str | None = None,
@@ -291,6 +300,17 @@ class LiveRun:
         assert self.events is not None
         if outcome.changed:
             self.events.add("shifts", describe(outcome.table))
+        for line in self._apply_weights():
+            self.events.add("weights", line)
+        if failed is not None:
+            self._withdraw(failed)
+        if recovered is not None:
+            self._add_back(recovered)
+        if outcome.changed or failed or recovered:
+            self.last_change = time.monotonic()
+
+    def _apply_weights(self) -> list[str]:
+        """Set the manager's weights (a down site's at 0) where they changed; one line each."""
         changed = []
         for (home, p), lb in self.lbs.items():
             fractions = self.manager.weights(home, p)
@@ -301,26 +321,28 @@ class LiveRun:
                 lb.set_weights(w)
                 self.applied[(home, p)] = w
                 changed.append(f"{home}/{p.label}: " + ", ".join(f"{n} {w[n]}" for n in w))
-        for line in changed:
-            self.events.add("weights", line)
-        if failed is not None:
-            reset = self.ctl.mode == "tm"
-            for lb in self.lbs.values():
-                lb.remove_real_server(self.servers[failed])
-                if reset:
-                    lb.reset_connections(self.servers[failed])
-            self.events.add(
-                "failover",
-                f"{failed}: removed from {len(self.lbs)} services"
-                + ("; its connections reset (drain with reset)" if reset else
-                   "; its connections left in the table (expire_nodest_conn=0: blackholed)"),
-            )
-        if recovered is not None:
-            for key, lb in self.lbs.items():
-                lb.add_real_server(self.servers[recovered], self.applied[key][recovered])
-            self.events.add("failover", f"{recovered}: added back to {len(self.lbs)} services")
-        if outcome.changed or failed or recovered:
-            self.last_change = time.monotonic()
+        return changed
+
+    def _withdraw(self, failed: str) -> None:
+        """Remove a failed site from every service; mode tm also resets its connections."""
+        assert self.events is not None
+        reset = self.ctl.mode == "tm"
+        for lb in self.lbs.values():
+            lb.remove_real_server(self.servers[failed])
+            if reset:
+                lb.reset_connections(self.servers[failed])
+        self.events.add(
+            "failover",
+            f"{failed}: removed from {len(self.lbs)} services"
+            + ("; its connections reset (drain with reset)" if reset else
+               "; its connections left in the table (expire_nodest_conn=0: blackholed)"),
+        )
+
+    def _add_back(self, recovered: str) -> None:
+        assert self.events is not None
+        for key, lb in self.lbs.items():
+            lb.add_real_server(self.servers[recovered], self.applied[key][recovered])
+        self.events.add("failover", f"{recovered}: added back to {len(self.lbs)} services")
 
     def _log_reasons(self, outcome: Outcome, kind: str = "decision") -> None:
         assert self.events is not None
@@ -433,18 +455,10 @@ class LiveRun:
 
     # --- stopping and output ---------------------------------------------------------------
     def _stop(self) -> None:
-        for proc in reversed(self.procs):  # the client first: it writes its last lines on TERM
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for child in reversed(self.children):  # the client first: it writes its last lines on TERM
+            child.stop(timeout=5)
         for lb in self.lbs.values():
             lb.close()
-        for log in self.logs:
-            log.close()
 
     def _write(self) -> None:
         with open(self.out / "sites.csv", "w", newline="") as f:

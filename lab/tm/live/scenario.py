@@ -45,7 +45,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from lab.errors import LabError
 from lab.tm.model import (
@@ -53,10 +53,11 @@ from lab.tm.model import (
     Thresholds,
     ThresholdsIn,
     exact,
+    known_keys,
     latency_matrix,
-    pydantic_error,
     thresholds_from,
     unknown_site,
+    validate_file,
 )
 
 SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,9}$")
@@ -137,15 +138,8 @@ class ScenarioIn(_In):
     events: list[EventIn] = []
 
 
-_KEYS: dict[str, list[str]] = {
-    "": list(ScenarioIn.model_fields),
-    "thresholds": list(ThresholdsIn.model_fields),
-    "plans": list(PlanIn.model_fields),
-    "sites": list(SiteIn.model_fields),
-    "clients": list(ClientsIn.model_fields),
-    "controller": list(ControllerIn.model_fields),
-    "events": list(EventIn.model_fields),
-}
+_KEYS = known_keys(ScenarioIn, thresholds=ThresholdsIn, plans=PlanIn, sites=SiteIn,
+                   clients=ClientsIn, controller=ControllerIn, events=EventIn)
 
 
 @dataclass(frozen=True)
@@ -225,6 +219,8 @@ def _section(loc: tuple[int | str, ...]) -> str:
 
 
 def _events(path: Path, raw: list[EventIn], names: list[str], duration: float) -> list[Event]:
+    """The timeline, checked: known sites, in time order within the run, each action with its
+    own field only, and crash / restore alternating per site."""
     out: list[Event] = []
     crashed: set[str] = set()
     last = 0.0
@@ -232,56 +228,65 @@ def _events(path: Path, raw: list[EventIn], names: list[str], duration: float) -
         where = f"events[{i}]"
         if e.site not in names:
             raise unknown_site(path, f"{where}.site", e.site, names)
-        if e.at_s >= duration:
-            raise LabError(
-                f"{path}: {where}.at_s: {e.at_s:g} s is not before duration_s {duration:g} s",
-                "move the event earlier or make the scenario longer",
-            )
-        if e.at_s < last:
-            raise LabError(
-                f"{path}: {where}.at_s: {e.at_s:g} s comes before the previous event ({last:g} s)",
-                "list events in time order",
-            )
+        _check_time(path, where, e.at_s, last, duration)
         last = e.at_s
-        wanted = {"budget": "budget_ms_per_s", "report": "report"}.get(e.action)
-        for key in ("budget_ms_per_s", "report"):
-            given = getattr(e, key) is not None
-            if key == wanted and not given:
-                raise LabError(
-                    f"{path}: {where}.{key}: missing for action {e.action!r}",
-                    f"add {key} to this event",
-                )
-            if key != wanted and given:
-                raise LabError(
-                    f"{path}: {where}.{key}: not used by action {e.action!r}",
-                    f"remove {key} from this event",
-                )
-        if e.action == "crash":
-            if e.site in crashed:
-                raise LabError(
-                    f"{path}: {where}: {e.site} crashes twice without a restore in between",
-                    f"add a restore event for {e.site} first",
-                )
-            crashed.add(e.site)
-        if e.action == "restore":
-            if e.site not in crashed:
-                raise LabError(
-                    f"{path}: {where}: restore of {e.site}, which has not crashed",
-                    f"add a crash event for {e.site} before it, or remove this one",
-                )
-            crashed.discard(e.site)
+        _check_fields(path, where, e)
+        _check_crash_order(path, where, e, crashed)
         out.append(Event(e.at_s, e.site, e.action, e.budget_ms_per_s, e.report))
     return out
 
 
+def _check_time(path: Path, where: str, at_s: float, last: float, duration: float) -> None:
+    if at_s >= duration:
+        raise LabError(
+            f"{path}: {where}.at_s: {at_s:g} s is not before duration_s {duration:g} s",
+            "move the event earlier or make the scenario longer",
+        )
+    if at_s < last:
+        raise LabError(
+            f"{path}: {where}.at_s: {at_s:g} s comes before the previous event ({last:g} s)",
+            "list events in time order",
+        )
+
+
+def _check_fields(path: Path, where: str, e: EventIn) -> None:
+    """budget needs budget_ms_per_s, report needs report; no action takes the other's."""
+    wanted = {"budget": "budget_ms_per_s", "report": "report"}.get(e.action)
+    for key in ("budget_ms_per_s", "report"):
+        given = getattr(e, key) is not None
+        if key == wanted and not given:
+            raise LabError(
+                f"{path}: {where}.{key}: missing for action {e.action!r}",
+                f"add {key} to this event",
+            )
+        if key != wanted and given:
+            raise LabError(
+                f"{path}: {where}.{key}: not used by action {e.action!r}",
+                f"remove {key} from this event",
+            )
+
+
+def _check_crash_order(path: Path, where: str, e: EventIn, crashed: set[str]) -> None:
+    """A site crashes only while up and is restored only while crashed (updates `crashed`)."""
+    if e.action == "crash":
+        if e.site in crashed:
+            raise LabError(
+                f"{path}: {where}: {e.site} crashes twice without a restore in between",
+                f"add a restore event for {e.site} first",
+            )
+        crashed.add(e.site)
+    if e.action == "restore":
+        if e.site not in crashed:
+            raise LabError(
+                f"{path}: {where}: restore of {e.site}, which has not crashed",
+                f"add a crash event for {e.site} before it, or remove this one",
+            )
+        crashed.discard(e.site)
+
+
 def parse(doc: Any, path: Path) -> Scenario:
     """Validate an already-decoded document; `path` is only used in error messages."""
-    if not isinstance(doc, dict):
-        raise LabError(f"{path}: the top level must be a table", "see lab/tm/live/scenario.py")
-    try:
-        raw = ScenarioIn.model_validate(doc)
-    except ValidationError as exc:
-        raise pydantic_error(path, exc, _KEYS, _section, "lab/tm/live/scenario.py") from None
+    raw = validate_file(doc, path, ScenarioIn, _KEYS, _section, "lab/tm/live/scenario.py")
     names = sorted(raw.sites)
     for name in names:
         if not SITE_NAME.match(name) or name in RESERVED:

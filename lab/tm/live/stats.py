@@ -130,29 +130,14 @@ class SiteStats:
 
     def poll(self, now: float) -> str | None:
         """Read the file; None if the site is measured, else why not (one line)."""
-        try:
-            age = time.time() - self.path.stat().st_mtime  # silence first: whatever is there
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return self._bad("no report file")
-        except OSError as exc:
-            return self._bad(f"report unreadable ({exc.strerror})")
-        if age > self.stale_after_s:
-            return self._bad(f"no report for {age:.1f} s")
-        try:
-            report = parse_report(text, self.site, self.sites)
-        except BadReport as exc:
-            return self._bad(f"report ignored: {exc}")
-        if now - report.t > self.stale_after_s:
-            return self._bad(f"no report for {now - report.t:.1f} s")
+        report = self._read(now)
+        if isinstance(report, str):
+            return self._bad(report)
         last = self.history[-1] if self.history else None
         if last is not None and report.seq != last.seq:
-            if report.seq < last.seq or report.t <= last.t:
-                return self._bad("report ignored: it went back in time")
-            if report.allowed_ms < last.allowed_ms or any(
-                report.cpu_ms.get(k, 0.0) < v for k, v in last.cpu_ms.items()
-            ):
-                return self._bad("report ignored: a counter went backwards")
+            regression = _went_back(last, report)
+            if regression is not None:
+                return self._bad(regression)
         if last is None or report.seq != last.seq:
             self.history.append(report)
         while self.history and self.history[0].t < report.t - self.keep_s:
@@ -162,6 +147,25 @@ class SiteStats:
             return self.error
         self.error = None
         return None
+
+    def _read(self, now: float) -> Report | str:
+        """The current report if it is valid and fresh, else why not."""
+        try:
+            age = time.time() - self.path.stat().st_mtime  # silence first: whatever is there
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return "no report file"
+        except OSError as exc:
+            return f"report unreadable ({exc.strerror})"
+        if age > self.stale_after_s:
+            return f"no report for {age:.1f} s"
+        try:
+            report = parse_report(text, self.site, self.sites)
+        except BadReport as exc:
+            return f"report ignored: {exc}"
+        if now - report.t > self.stale_after_s:
+            return f"no report for {now - report.t:.1f} s"
+        return report
 
     def measure(self, window_s: float) -> Measured | None:
         """Rates between the newest report and the oldest one within `window_s` of it that
@@ -176,6 +180,17 @@ class SiteStats:
                 break
             old = r
         return between(old, new)
+
+
+def _went_back(last: Report, report: Report) -> str | None:
+    """Why a new report (another seq) cannot follow the last one, if it cannot."""
+    if report.seq < last.seq or report.t <= last.t:
+        return "report ignored: it went back in time"
+    if report.allowed_ms < last.allowed_ms or any(
+        report.cpu_ms.get(k, 0.0) < v for k, v in last.cpu_ms.items()
+    ):
+        return "report ignored: a counter went backwards"
+    return None
 
 
 def between(old: Report, new: Report) -> Measured | None:

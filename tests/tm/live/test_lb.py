@@ -1,13 +1,15 @@
-"""Weights for the nft engine: integer scaling, random weighted scheduling, scoped resets."""
+"""Weights for the nft engine: integer scaling, interleaved weighted scheduling, scoped resets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from fractions import Fraction as F
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,20 +17,13 @@ from hypothesis import strategies as st
 
 from lab.lb.base import LbOptions, RealServer
 from lab.lb.nft import NftLoadBalancer
+from lab.net.process import ChildProcess
 from lab.net.runtime import Run
-from lab.net.topology import Network, Topology, lvs_vip
-from lab.tm.live.lb import WeightedNftLoadBalancer, integer_weights, interleave
+from lab.net.topology import Host, Network, Topology, lvs_vip
+from lab.tm.live.lb import WeightedNftLoadBalancer, integer_weights
+from lab.tm.live.runner import READY_TIMEOUT_S, announced
 
 PEER = str(Path(__file__).with_name("peer.py"))
-
-
-def test_interleave_spreads_each_server_evenly() -> None:
-    order = interleave([(1, 850), (2, 100), (3, 50)])
-    assert len(order) == 1000 and order.count(2) == 100 and order.count(3) == 50
-    for start in range(0, 1000 - 40, 7):  # any 40 consecutive slots: 34 / 4 / 2, +-1
-        window = order[start : start + 40]
-        assert abs(window.count(2) - 4) <= 1 and abs(window.count(3) - 2) <= 1
-    assert interleave([(1, 1), (2, 1)]) == [1, 2]
 
 
 def test_integer_weights_examples() -> None:
@@ -59,7 +54,7 @@ class Rig:
         self.net = net
         self.vip = lvs_vip(run)
         net.add_address("lb", str(self.vip), "to-client")
-        self.procs: list[subprocess.Popen[str]] = []
+        self.children: list[ChildProcess] = []
         self.servers = {}
         for name in ("A", "B"):
             host = net[name]
@@ -68,11 +63,15 @@ class Rig:
                       "costs": {"free": 0.1}, "budget_ms_per_s": 500,
                       "stats": str(host.workdir / "s.json"),
                       "control": str(host.workdir / "c.json")}
-            p = host.popen([sys.executable, "-m", "lab.tm.live.site", json.dumps(config)],
-                           stdout=subprocess.PIPE, text=True)
-            self.procs.append(p)
-            assert p.stdout is not None and p.stdout.readline().strip() == "listening"
+            site = self._start(host, ["-m", "lab.tm.live.site", json.dumps(config)], "site")
+            assert announced(site, "listening", READY_TIMEOUT_S), site.tail()
             self.servers[name] = RealServer(name, address, 8080)
+
+    def _start(self, host: Host, args: list[str], log: str, **popen: Any) -> ChildProcess:
+        child = host.start([sys.executable, *args], host.workdir / f"{log}.log",
+                           stdout=subprocess.PIPE, text=True, **popen)
+        self.children.append(child)
+        return child
 
     def service(self, cls: type[NftLoadBalancer], port: int, weights: dict[str, int]
                 ) -> NftLoadBalancer:
@@ -83,15 +82,11 @@ class Rig:
         return lb
 
     def peer(self, *args: str) -> subprocess.Popen[str]:
-        p = self.net["client"].popen([sys.executable, PEER, *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        self.procs.append(p)
-        return p
+        return self._start(self.net["client"], [PEER, *args], "peer", stdin=subprocess.PIPE).proc
 
     def close(self) -> None:
-        for p in self.procs:
-            p.kill()
-            p.wait()
+        for child in self.children:
+            child.stop()
 
 
 @pytest.fixture
@@ -104,12 +99,8 @@ def rig(lab_run: Run) -> Iterator[Rig]:
     topo.add_link("client", "lb")
     topo.add_link("lb", "A")
     topo.add_link("lb", "B")
-    with Network(topo, lab_run) as net:
-        r = Rig(net, lab_run)
-        try:
-            yield r
-        finally:
-            r.close()
+    with Network(topo, lab_run) as net, contextlib.closing(Rig(net, lab_run)) as rig:
+        yield rig
 
 
 @pytest.mark.root
