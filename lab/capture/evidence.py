@@ -9,9 +9,10 @@ and stops it in teardown (before Network.close, which would kill the capture pro
     ...
     result = ev.stop()           # files written; result.facts() for the trial summary
 
-Files in out_dir: client.pcap, retransmits.csv, flows.csv (one row per client->VIP flow,
-`blackholed` column), sockets.csv, lb_connections.csv, evidence.json (capture stats, nstat
-deltas, the cross-check and the snapshot loop's errors).
+Files in out_dir: client.pcap (and client-<tool>.log, what the capture tool printed),
+retransmits.csv, flows.csv (one row per client->VIP flow, `blackholed` column), sockets.csv,
+lb_connections.csv, evidence.json (capture stats, nstat deltas, the cross-check and the
+snapshot loop's errors).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Evidence:
             return
         if self._loop is not None:
             self._loop.stop(final_tick=False)
-        if self.capture.proc is not None:
+        if self.capture.child is not None:
             with contextlib.suppress(Exception):
                 self.capture.stop()
 

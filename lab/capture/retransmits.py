@@ -188,18 +188,26 @@ class _Flow:
         ref = self.hi_end or 0
         return ref + _sdiff(raw, (self.base_out + ref) % _MOD)
 
+    def _rst_or_fin(self, p: _Packet, direction: str, rel: int,
+                    emit: list[SegmentEvent]) -> bool:
+        """Note p as the flow's last packet; True for a RST (recorded: the flow is over),
+        and a FIN marks the flow as closing."""
+        self.last = (p.t, direction, rel, p.flags)
+        if p.flags & RST:
+            ev = SegmentEvent(self.name, rel, p.t, "rst", None, 0, direction, p.plen)
+            self.rsts.append(ev)
+            emit.append(ev)
+            return True
+        if p.flags & FIN:
+            self.fin = True
+        return False
+
     def out(self, p: _Packet, emit: list[SegmentEvent]) -> None:
         if self.base_out is None:
             self.base_out = p.seq
         rel = self._rel_out(p.seq)
-        self.last = (p.t, "out", rel, p.flags)
-        if p.flags & RST:
-            ev = SegmentEvent(self.name, rel, p.t, "rst", None, 0, "out", p.plen)
-            self.rsts.append(ev)
-            emit.append(ev)
+        if self._rst_or_fin(p, "out", rel, emit):
             return
-        if p.flags & FIN:
-            self.fin = True
         seg_len = p.plen + (1 if p.flags & SYN else 0) + (1 if p.flags & FIN else 0)
         if (
             seg_len <= 1 and not p.flags & (SYN | FIN) and self.snd_una is not None
@@ -266,14 +274,8 @@ class _Flow:
         if self.base_in is None or p.flags & SYN:
             self.base_in = p.seq
         rel_in = _sdiff(p.seq, self.base_in)
-        self.last = (p.t, "in", rel_in, p.flags)
-        if p.flags & RST:
-            ev = SegmentEvent(self.name, rel_in, p.t, "rst", None, 0, "in", p.plen)
-            self.rsts.append(ev)
-            emit.append(ev)
+        if self._rst_or_fin(p, "in", rel_in, emit):
             return
-        if p.flags & FIN:
-            self.fin = True
         if p.flags & ACK and self.base_out is not None:
             ack = self._rel_out(p.ack)
             self.peer_window = p.window

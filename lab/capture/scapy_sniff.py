@@ -1,7 +1,7 @@
 """Child process: capture one interface with scapy and stream it to a pcap.
 
 Run inside the namespace (`ip netns exec NS python -m lab.capture.scapy_sniff ...`, which is
-what `PacketCapture` does through Host.popen): scapy enumerates interfaces when it is imported,
+what `PacketCapture` does through Host.start): scapy enumerates interfaces when it is imported,
 so it must be imported by a process that is already in the namespace.
 
 Protocol with the parent (lab.capture.sniffer):
@@ -55,17 +55,8 @@ def _kernel_stats(sock: Any) -> tuple[int | None, int | None]:
     return received, dropped
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    # Imported here, i.e. after `ip netns exec` put us in the namespace.
-    from scapy.config import conf
-    from scapy.layers.l2 import Ether
-    from scapy.sendrecv import AsyncSniffer
-    from scapy.utils import PcapWriter
-
-    # Dissect only the link layer: the file gets the raw bytes anyway, and skipping IP/TCP
-    # dissection is what lets scapy keep up at moderate packet rates.
-    conf.layers.filter([Ether])
+def _stop_requested() -> threading.Event:
+    """Set on a `stop` line or EOF on stdin (the parent died), or on SIGTERM/SIGINT."""
     stop = threading.Event()
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -80,52 +71,93 @@ def main(argv: list[str] | None = None) -> int:
                 break
         stop.set()  # "stop" or EOF (the parent died)
 
-    sock = conf.L2listen(iface=args.iface, filter=args.filter or None)
-    try:
-        sock.ins.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, args.rcvbuf)
-    except OSError:
-        sock.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, args.rcvbuf)
-    writer = PcapWriter(args.out, linktype=args.linktype, sync=True, snaplen=args.snaplen)
-    writer.write_header(None)  # a valid (empty) pcap even if nothing is captured
-    written = 0
-    lock = threading.Lock()
+    threading.Thread(target=read_stdin, daemon=True, name="stdin").start()
+    return stop
 
-    def write(pkt: Any) -> None:
-        nonlocal written
+
+def _listen(conf: Any, iface: str, bpf: str, rcvbuf: int) -> Any:
+    """scapy's AF_PACKET socket on iface with the BPF filter, with a large receive buffer
+    (SO_RCVBUFFORCE as root, above the rmem_max cap; SO_RCVBUF otherwise)."""
+    sock = conf.L2listen(iface=iface, filter=bpf or None)
+    try:
+        sock.ins.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+    except OSError:
+        sock.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    return sock
+
+
+class _Pcap:
+    """The output file: packets truncated to snaplen with their capture time, counted.
+
+    Written by the sniffer thread and then by the drain in the main thread, hence the lock.
+    """
+
+    def __init__(self, path: str, linktype: int, snaplen: int) -> None:
+        from scapy.utils import PcapWriter
+
+        self.snaplen = snaplen
+        self.written = 0
+        self._lock = threading.Lock()
+        self._writer = PcapWriter(path, linktype=linktype, sync=True, snaplen=snaplen)
+        self._writer.write_header(None)  # a valid (empty) pcap even if nothing is captured
+
+    def write(self, pkt: Any) -> None:
         raw = bytes(pkt)
         t = float(pkt.time)
         sec = int(t)
         usec = min(999_999, round((t - sec) * 1e6))
-        with lock:
-            writer.write_packet(raw[: args.snaplen], sec=sec, usec=usec, wirelen=len(raw))
-            written += 1
+        with self._lock:
+            self._writer.write_packet(raw[: self.snaplen], sec=sec, usec=usec, wirelen=len(raw))
+            self.written += 1
 
+    def close(self) -> None:
+        with self._lock:
+            self._writer.close()
+
+
+def _drain(sock: Any, pcap: _Pcap) -> bool:
+    """Write what is still queued on the socket; True if a backlog is left after DRAIN_MAX_S.
+
+    AsyncSniffer.stop() ends its loop at once, leaving what is still queued on the socket
+    (thousands of packets at high rates).
+    """
+    deadline = time.monotonic() + DRAIN_MAX_S
+    while sock.select([sock], 0):
+        if time.monotonic() > deadline:
+            return True  # still queued: reported, the parent marks the capture unclean
+        pkt = sock.recv()
+        if pkt is not None:
+            pcap.write(pkt)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    # Imported here, i.e. after `ip netns exec` put us in the namespace.
+    from scapy.config import conf
+    from scapy.layers.l2 import Ether
+    from scapy.sendrecv import AsyncSniffer
+
+    # Dissect only the link layer: the file gets the raw bytes anyway, and skipping IP/TCP
+    # dissection is what lets scapy keep up at moderate packet rates.
+    conf.layers.filter([Ether])
+    stop = _stop_requested()
+    sock = _listen(conf, args.iface, args.filter, args.rcvbuf)
+    pcap = _Pcap(args.out, args.linktype, args.snaplen)
     sniffer = AsyncSniffer(
         opened_socket=sock,
-        prn=write,
+        prn=pcap.write,
         store=False,
         started_callback=lambda: print("READY", flush=True),
     )
     sniffer.start()
-    threading.Thread(target=read_stdin, daemon=True, name="stdin").start()
     stop.wait()
-    # AsyncSniffer.stop() ends its loop at once, leaving what is still queued on the socket
-    # (thousands of packets at high rates); drain that backlog into the file first.
     sniffer.stop(join=True)
-    deadline = time.monotonic() + DRAIN_MAX_S
-    backlog_left = False
-    while sock.select([sock], 0):
-        if time.monotonic() > deadline:
-            backlog_left = True  # still queued: reported, the parent marks the capture unclean
-            break
-        pkt = sock.recv()
-        if pkt is not None:
-            write(pkt)
+    backlog_left = _drain(sock, pcap)
     received, dropped = _kernel_stats(sock)
     sock.close()
-    with lock:
-        writer.close()
-    print(json.dumps({"packets": written, "received": received, "dropped": dropped,
+    pcap.close()
+    print(json.dumps({"packets": pcap.written, "received": received, "dropped": dropped,
                       "backlog_left": backlog_left}), flush=True)
     return 0
 

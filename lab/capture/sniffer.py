@@ -1,6 +1,6 @@
 """Packet capture of one interface of one lab namespace, with scapy or tcpdump.
 
-Both backends run as a process inside the namespace (Host.popen) and write a classic pcap
+Both backends run as a process inside the namespace (Host.start) and write a classic pcap
 (Ethernet, snaplen 256 by default) that opens with scapy's rdpcap and with `tcpdump -r`.
 scapy is the default because it needs nothing outside the venv, but it drops packets at high
 rates (recipe-host-nftables.md §6: the LB's RST was missing from a busy sysbench capture), so
@@ -13,17 +13,16 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from lab.errors import LabError
+from lab.net.process import ChildProcess, find_binary, wait_until
 from lab.net.topology import Host
 
 TOOLS = ("auto", "scapy", "tcpdump")
@@ -67,7 +66,7 @@ def choose_tool(
     """
     if tool not in TOOLS:
         raise LabError(f"unknown capture tool {tool!r}", f"use one of {', '.join(TOOLS)}")
-    have_tcpdump = shutil.which("tcpdump") is not None
+    have_tcpdump = find_binary("tcpdump") is not None
     if tool == "tcpdump":
         if not have_tcpdump:
             raise LabError("tcpdump is not installed", "apt-get install tcpdump (make setup)")
@@ -88,10 +87,11 @@ class PacketCapture:
     """Capture `iface` of `host` matching `bpf` into `out` (a pcap).
 
     start() returns only once the capture is really running (tcpdump printed "listening on",
-    or the scapy child's started_callback fired), so no packet sent after start() is missed;
-    stop() ends it cleanly (pcap flushed) and returns CaptureStats. Use as a context manager
-    or call stop() in a teardown: a capture never outlives its Network anyway (Network.close
-    kills every process of the namespace).
+    or the scapy child's started_callback printed READY), so no packet sent after start() is
+    missed; stop() ends it cleanly (pcap flushed) and returns CaptureStats. The tool's output
+    (its ready line, its exit report, any error) goes to `<out stem>-<tool>.log` beside the
+    pcap. Use as a context manager or call stop() in a teardown: a capture never outlives its
+    Network anyway (Network.close kills every process of the namespace).
     """
 
     def __init__(
@@ -112,14 +112,10 @@ class PacketCapture:
         self.out = Path(out)
         self.snaplen = snaplen
         self.tool, self.why = choose_tool(tool, load=load, expected_pps=expected_pps)
-        self.proc: subprocess.Popen[str] | None = None
+        self.log_path = self.out.with_name(f"{self.out.stem}-{self.tool}.log")
+        self.child: ChildProcess | None = None
         self.started_at: float | None = None
         self.stats: CaptureStats | None = None
-        self._stderr: list[str] = []
-        self._stdout: list[str] = []
-        self._ready = threading.Event()
-        self._readers: list[threading.Thread] = []
-        self._backlog_left = False
 
     def __enter__(self) -> PacketCapture:
         self.start()
@@ -132,105 +128,89 @@ class PacketCapture:
         if self.tool == "tcpdump":
             # -U: write each packet at once; --immediate-mode: libpcap hands packets over
             # without waiting for a full ring block, so the last ones before SIGINT are kept.
-            cmd = ["tcpdump", "-i", self.iface, "-w", str(self.out), "-U", "--immediate-mode",
-                   "-s", str(self.snaplen), "-B", "4096"]
+            cmd = [find_binary("tcpdump") or "tcpdump", "-i", self.iface, "-w", str(self.out),
+                   "-U", "--immediate-mode", "-s", str(self.snaplen), "-B", "4096"]
             return [*cmd, *([self.bpf] if self.bpf else [])]
         return [sys.executable, "-m", "lab.capture.scapy_sniff", "--iface", self.iface,
                 "--filter", self.bpf, "--out", str(self.out), "--snaplen", str(self.snaplen)]
 
+    def _output(self) -> str:
+        """What the tool printed so far (stdout and stderr, in its log)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _ready(self) -> bool:
+        if self.tool == "tcpdump":
+            return "listening on" in self._output()
+        return "READY" in self._output().splitlines()
+
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
-        if self.proc is not None:
+        if self.child is not None:
             raise RuntimeError("capture already started")
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = self.host.popen(
-            self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, bufsize=1,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._reader(self.proc.stdout, self._stdout, "READY")
-        self._reader(self.proc.stderr, self._stderr, "listening on")
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self._kill()
-                for t in self._readers:
-                    t.join(1)
-                why = "exited" if self.proc.returncode is not None else f"not ready in {timeout}s"
-                raise LabError(
-                    f"{self.tool} capture on {self.host.name}/{self.iface} {why}: "
-                    f"{' '.join(self._stderr[-3:]).strip() or 'no output'}",
-                    "check the interface name and the BPF filter",
-                )
+        # stdin is the scapy child's stop channel (a "stop" line, or EOF if we die)
+        self.child = self.host.start(self.argv(), self.log_path, mode="w",
+                                     stdin=subprocess.PIPE, text=True, bufsize=1)
+        if wait_until(self._ready, timeout, alive=self.child.alive) is None:
+            why = "exited" if not self.child.alive() else f"not ready in {timeout}s"
+            self.child.stop(timeout=0, signals=())  # SIGKILL: it never got going
+            output = " ".join(self._output().splitlines()[-3:]).strip()
+            raise LabError(
+                f"{self.tool} capture on {self.host.name}/{self.iface} {why}: "
+                f"{output or 'no output'}",
+                "check the interface name and the BPF filter",
+            )
         self.started_at = time.time()
 
-    def _reader(self, stream: IO[str], sink: list[str], marker: str) -> None:
-        def pump() -> None:
-            for line in stream:
-                sink.append(line.rstrip("\n"))
-                if marker in line:
-                    self._ready.set()
-
-        t = threading.Thread(target=pump, daemon=True, name=f"capture-{self.tool}")
-        t.start()
-        self._readers.append(t)
-
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.child is not None and self.child.alive()
+
+    def _stop_signals(self) -> tuple[int, ...]:
+        """Ask the tool to finish; the signals ChildProcess.stop then sends."""
+        assert self.child is not None
+        if self.tool == "tcpdump":
+            return (signal.SIGINT,)  # tcpdump flushes and prints its stats
+        try:
+            assert self.child.proc.stdin is not None
+            self.child.proc.stdin.write("stop\n")
+            self.child.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return (signal.SIGTERM,)
+        return ()
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> CaptureStats:
-        """End the capture (SIGINT for tcpdump, "stop" on stdin for scapy) and report."""
+        """End the capture (SIGINT for tcpdump, "stop" on stdin for scapy) and report.
+
+        A tool still busy after `timeout` is killed; its exit code then marks the capture
+        unclean, as does a non-zero exit or a backlog the scapy child could not drain.
+        """
         if self.stats is not None:
             return self.stats
-        if self.proc is None:
+        if self.child is None:
             raise RuntimeError("capture was never started")
-        clean = True
-        if self.proc.poll() is None:
-            if self.tool == "tcpdump":
-                self.proc.send_signal(signal.SIGINT)  # tcpdump flushes and prints its stats
-            else:
-                try:
-                    assert self.proc.stdin is not None
-                    self.proc.stdin.write("stop\n")
-                    self.proc.stdin.flush()
-                except (BrokenPipeError, OSError):
-                    self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                clean = False
-                self._kill()
-        else:
-            clean = self.proc.returncode == 0
+        signals = self._stop_signals() if self.child.alive() else ()
+        rc = self.child.stop(timeout, signals=signals)
         with contextlib.suppress(OSError, ValueError):
-            if self.proc.stdin:
-                self.proc.stdin.close()
-        for t in self._readers:
-            t.join(2)
-        packets, received, dropped = self._parse_counts()
+            if self.child.proc.stdin:
+                self.child.proc.stdin.close()
+        packets, received, dropped, backlog_left = self._parse_counts()
         self.stats = CaptureStats(
             tool=self.tool, why=self.why, path=self.out, packets=packets,
             received=received, dropped=dropped, started_at=self.started_at or time.time(),
-            stopped_at=time.time(),
-            clean=clean and self.proc.returncode == 0 and not self._backlog_left,
+            stopped_at=time.time(), clean=rc == 0 and not backlog_left,
         )
         return self.stats
 
-    def _kill(self) -> None:
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-
-    def _parse_counts(self) -> tuple[int, int | None, int | None]:
+    def _parse_counts(self) -> tuple[int, int | None, int | None, bool]:
+        """(packets, received, dropped, backlog left) from the tool's exit report."""
+        output = self._output()
         if self.tool == "tcpdump":
-            return parse_tcpdump_stats("\n".join(self._stderr))
-        for line in reversed(self._stdout):
+            return (*parse_tcpdump_stats(output), False)
+        for line in reversed(output.splitlines()):
             if line.startswith("{"):
                 data = json.loads(line)
-                self._backlog_left = bool(data.get("backlog_left"))
-                return int(data["packets"]), data.get("received"), data.get("dropped")
-        return 0, None, None
+                return (int(data["packets"]), data.get("received"), data.get("dropped"),
+                        bool(data.get("backlog_left")))
+        return 0, None, None, False
 
 
 _TCPDUMP_STAT = re.compile(

@@ -17,7 +17,9 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,50 +79,59 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    scen = scenario.load(Path(args.scenario), args.set)
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not run_dir.is_dir():
-            raise LabError(f"--resume {run_dir}: no such run directory", "give a results/<run>")
-    else:
-        run_dir = new_run_dir(Path(args.out), scen.name)
-    interactive = console.is_terminal and not args.plain
+def _run_dir(args: argparse.Namespace, scen: scenario.Scenario) -> Path:
+    """The run's results folder: a new one under --out, or the --resume one (must exist)."""
+    if not args.resume:
+        return new_run_dir(Path(args.out), scen.name)
+    run_dir = Path(args.resume)
+    if not run_dir.is_dir():
+        raise LabError(f"--resume {run_dir}: no such run directory", "give a results/<run>")
+    return run_dir
+
+
+def _plain_printer(every_s: float) -> Callable[[str], None]:
+    """Print a trial's report lines, at most one per `every_s` per trial (piped output)."""
     last_print: dict[str, float] = {}
 
     def on_line(line: str) -> None:
-        if interactive:
-            return
         name = line.split(":", 1)[0]
         now = time.monotonic()
-        if now - last_print.get(name, 0.0) >= args.every:
+        if now - last_print.get(name, 0.0) >= every_s:
             last_print[name] = now
             print(line, flush=True)
 
+    return on_line
+
+
+def _run_live(matrix: MatrixRun) -> list[dict[str, Any]]:
+    """matrix.run() under a live progress table, redrawn 4 times a second."""
+    with Live(progress_table(matrix.statuses), console=console, refresh_per_second=4) as live:
+        done = threading.Event()
+
+        def refresh() -> None:
+            while not done.wait(0.25):
+                live.update(progress_table(matrix.statuses))
+
+        t = threading.Thread(target=refresh, daemon=True)
+        t.start()
+        try:
+            return matrix.run()
+        finally:
+            done.set()
+            t.join()
+            live.update(progress_table(matrix.statuses))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    scen = scenario.load(Path(args.scenario), args.set)
+    run_dir = _run_dir(args, scen)
+    interactive = console.is_terminal and not args.plain
+    on_line = (lambda line: None) if interactive else _plain_printer(args.every)
     matrix = MatrixRun(scen, run_dir, parallel=args.parallel, on_line=on_line)
     console.print(
         f"run {run_dir} ({len(scen.trials)} trial(s), up to {args.parallel} side by side)"
     )
-    if interactive:
-        with Live(progress_table(matrix.statuses), console=console, refresh_per_second=4) as live:
-            import threading
-
-            done = threading.Event()
-
-            def refresh() -> None:
-                while not done.wait(0.25):
-                    live.update(progress_table(matrix.statuses))
-
-            t = threading.Thread(target=refresh, daemon=True)
-            t.start()
-            try:
-                rows = matrix.run()
-            finally:
-                done.set()
-                t.join()
-                live.update(progress_table(matrix.statuses))
-    else:
-        rows = matrix.run()
+    rows = _run_live(matrix) if interactive else matrix.run()
     console.print(summary_table(rows))
     console.print(f"results: {run_dir}/summary.csv")
     for name, err in matrix.failures.items():
@@ -191,10 +202,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="run one trial or a whole matrix")
     run.add_argument("scenario")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -208,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --plain: seconds between report lines per trial")
     run.set_defaults(func=cmd_run)
 
+
+def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`lab report` and `lab compare`: they read results, they run nothing."""
     rep = sub.add_parser("report", help="table and PNG plots of a run")
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)
@@ -221,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--abs-tol", type=float, default=0.5, help="absolute tolerance")
     cmp_.set_defaults(func=cmd_compare)
 
+
+def _add_host(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`lab keys`, `lab clean`, `lab doctor`, `lab image build`: the host and its setup."""
     sub.add_parser("keys", help="list scenario keys and defaults").set_defaults(func=cmd_keys)
 
     clean = sub.add_parser("clean", help="remove leftovers of killed runs")
@@ -236,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
         "idempotent")
     image_build.add_argument("--mirror", help="Debian mirror (default: the one apt uses)")
     image_build.set_defaults(func=cmd_image_build)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_results(sub)
+    _add_host(sub)
 
     from lab.cli import tm as tm_cli
     from lab.cli import vm as vm_cli

@@ -16,11 +16,12 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from lab.errors import LabError
+from lab.net.process import ChildProcess, require_binary, tail, wait_until
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -45,36 +46,34 @@ def host_mirror() -> str:
     return DEFAULT_MIRROR
 
 
-def check_debootstrap() -> None:
-    if shutil.which("debootstrap") is None and not Path("/usr/sbin/debootstrap").exists():
-        raise LabError("debootstrap not found", "run 'make setup' (installs debootstrap)")
+def check_debootstrap() -> str:
+    """debootstrap's path, or the LabError that says how to install it."""
+    return require_binary("debootstrap", "debootstrap")
 
 
 def debootstrap(target: Path, log_file: Path, *, include: Sequence[str] = (),
                 variant: str = "minbase", mirror: str | None = None,
                 cache_dir: Path | None = None) -> None:
     """debootstrap SUITE into target; its output goes to log_file, its tail into the error."""
-    check_debootstrap()
-    argv = ["debootstrap", f"--variant={variant}"]
+    argv = [check_debootstrap(), f"--variant={variant}"]
     if include:
         argv.append("--include=" + ",".join(include))
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         argv.append(f"--cache-dir={cache_dir}")
     argv += [SUITE, str(target), mirror or host_mirror()]
-    with open(log_file, "w") as out:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"})
-        try:
-            rc = proc.wait()
-        except BaseException:
-            kill_group(proc)
-            raise
+    # its own session (ChildProcess): the group is what kill_group kills
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    child = ChildProcess(argv, log_file, mode="w", env={**os.environ, "PATH": path})
+    try:
+        rc = child.proc.wait()
+    except BaseException:
+        kill_group(child.proc)
+        raise
+    finally:
+        child.stop()  # it has exited (or its group was killed): reaps it, closes the log
     if rc != 0:
-        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
-        raise LabError(f"debootstrap failed ({rc}):\n{tail}",
+        raise LabError(f"debootstrap failed ({rc}):\n{tail(log_file, 15)}",
                        "is the Debian mirror reachable? set BHL_DEBIAN_MIRROR to another")
     unmount_under(target)
 
@@ -90,16 +89,20 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL proc's process group and wait until none of it runs."""
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL proc's process group and wait (10 s at most) until none of it runs."""
+
+    def group_gone() -> bool:
+        if not _group_members(proc.pid):
+            return True
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # again: a member may have forked meanwhile
+        return False
+
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 10
-    while _group_members(proc.pid) and time.monotonic() < deadline:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        time.sleep(0.05)
+    wait_until(group_gone, 10)
 
 
 def unmount_under(folder: Path) -> None:

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.errors import LabError
 from lab.images import debootstrap
+from lab.net.process import require_binary
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parents[1]
@@ -101,7 +101,7 @@ def _download_wheels(dest: Path, reqs: Path) -> None:
     debootstrap.run_logged([*argv, "-r", str(reqs)], "VM image: pip download of the wheels")
 
 
-def _provision(rootfs: Path, work: Path, log: Callable[[str], None]) -> None:
+def _provision(rootfs: Path, work: Path, chroot: str, log: Callable[[str], None]) -> None:
     """provision.sh in a chroot: /proc, /sys, /dev mounted, services kept from starting."""
     opt = rootfs / "opt" / "blackhole-lab"
     opt.mkdir(parents=True, exist_ok=True)
@@ -124,15 +124,61 @@ def _provision(rootfs: Path, work: Path, log: Callable[[str], None]) -> None:
                "BHL_REQUIREMENTS=/opt/blackhole-lab/requirements.txt",
                "BHL_WHEELHOUSE=/opt/blackhole-lab/wheelhouse"]
         debootstrap.run_logged(
-            ["chroot", str(rootfs), *env, "sh", "/opt/blackhole-lab/provision.sh"],
+            [chroot, str(rootfs), *env, "sh", "/opt/blackhole-lab/provision.sh"],
             "VM image: provision.sh in the chroot")
     finally:
         debootstrap.unmount_under(rootfs)
         policy.unlink(missing_ok=True)
     shutil.rmtree(opt / "wheelhouse")
-    subprocess.run(["chroot", str(rootfs), "apt-get", "clean"], capture_output=True)
+    subprocess.run([chroot, str(rootfs), "apt-get", "clean"], capture_output=True)
     shutil.copy(GUEST_INIT, rootfs / "sbin" / "bhl-vm-init")
     (rootfs / "sbin" / "bhl-vm-init").chmod(0o755)
+
+
+@dataclass(frozen=True)
+class _Tools:
+    """The host's build tools, found once before anything is built."""
+
+    mkfs: str
+    chroot: str
+
+    @staticmethod
+    def find() -> _Tools:
+        tools = _Tools(require_binary("mkfs.ext4", "e2fsprogs"),
+                       require_binary("chroot", "coreutils"))
+        debootstrap.check_debootstrap()
+        return tools
+
+
+def _build_into(work: Path, image: Image, tools: _Tools, log: Callable[[str], None]) -> None:
+    """Every step of a build in `work`; the finished image is moved to image.dir."""
+    reqs = work / "requirements.txt"
+    reqs.write_text("\n".join(requirements()) + "\n")
+    log("downloading the guest's wheels on the host ...")
+    _download_wheels(work / "wheelhouse", reqs)
+    rootfs = work / "rootfs"
+    log(f"debootstrap {debootstrap.SUITE} from {debootstrap.host_mirror()} ...")
+    debootstrap.debootstrap(rootfs, work / "debootstrap.log",
+                            include=["ca-certificates"], cache_dir=STATE / "debs")
+    _provision(rootfs, work, tools.chroot, log)
+    out = work / "image"
+    out.mkdir()
+    shutil.copy(rootfs / "vmlinuz", out / "vmlinuz", follow_symlinks=True)
+    shutil.copy(rootfs / "initrd.img", out / "initrd.img", follow_symlinks=True)
+    log(f"mkfs.ext4 -d ({IMAGE_SIZE}, sparse) ...")
+    debootstrap.run_logged([tools.mkfs, "-q", "-F", "-L", "root", "-d", str(rootfs),
+                            str(out / "rootfs.ext4"), IMAGE_SIZE], "VM image: mkfs.ext4")
+    if image.dir.exists():
+        shutil.rmtree(image.dir)
+    out.rename(image.dir)
+
+
+def _remove_older_images(image: Image) -> None:
+    """Images of older inputs (the package cache and running builds stay)."""
+    for old in STATE.iterdir():
+        if old.is_dir() and old != image.dir and old.name != "debs" and \
+                not old.name.startswith("build-"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def build(*, force: bool = False, log: Callable[[str], None] = print) -> BuildReport:
@@ -141,10 +187,7 @@ def build(*, force: bool = False, log: Callable[[str], None] = print) -> BuildRe
     image = current()
     if image.complete() and not force:
         return BuildReport(image, False, time.monotonic() - t0)
-    for tool in ("mkfs.ext4", "chroot"):
-        if shutil.which(tool) is None:
-            raise LabError(f"{tool} not found", "run 'make setup'")
-    debootstrap.check_debootstrap()
+    tools = _Tools.find()
     STATE.mkdir(parents=True, exist_ok=True)
     with open(STATE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -155,29 +198,8 @@ def build(*, force: bool = False, log: Callable[[str], None] = print) -> BuildRe
         work = STATE / f"build-{os.getpid()}"
         work.mkdir()
         try:
-            reqs = work / "requirements.txt"
-            reqs.write_text("\n".join(requirements()) + "\n")
-            log("downloading the guest's wheels on the host ...")
-            _download_wheels(work / "wheelhouse", reqs)
-            rootfs = work / "rootfs"
-            log(f"debootstrap {debootstrap.SUITE} from {debootstrap.host_mirror()} ...")
-            debootstrap.debootstrap(rootfs, work / "debootstrap.log",
-                                    include=["ca-certificates"], cache_dir=STATE / "debs")
-            _provision(rootfs, work, log)
-            out = work / "image"
-            out.mkdir()
-            shutil.copy(rootfs / "vmlinuz", out / "vmlinuz", follow_symlinks=True)
-            shutil.copy(rootfs / "initrd.img", out / "initrd.img", follow_symlinks=True)
-            log(f"mkfs.ext4 -d ({IMAGE_SIZE}, sparse) ...")
-            debootstrap.run_logged(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(rootfs),
-                                    str(out / "rootfs.ext4"), IMAGE_SIZE], "VM image: mkfs.ext4")
-            if image.dir.exists():
-                shutil.rmtree(image.dir)
-            out.rename(image.dir)
+            _build_into(work, image, tools, log)
         finally:
             debootstrap.remove_tree(work)
-        for old in STATE.iterdir():  # images of older inputs
-            if old.is_dir() and old != image.dir and old.name not in ("debs",) and \
-                    not old.name.startswith("build-"):
-                shutil.rmtree(old, ignore_errors=True)
+        _remove_older_images(image)
     return BuildReport(image, True, time.monotonic() - t0)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 
 from lab import lb
+from lab.net.process import find_binary
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,8 @@ class Check:
 
 
 def _tool(name: str, hint: str, required: bool = True) -> Check:
-    path = shutil.which(name)
+    """Found where the lab looks for it (PATH, then the sbin directories)."""
+    path = find_binary(name)
     return Check(name, path is not None, path or f"not found: {hint}", required)
 
 

@@ -12,7 +12,6 @@ boot a stock Debian kernel: recipe-vm-ipvs.md) gets TCG, software emulation.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.images.vm import PROJECT, Image
+from lab.net.process import ChildProcess, require_binary
 
 QEMU = "qemu-system-x86_64"
 
@@ -48,20 +48,12 @@ class VmRun:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def run_job(image: Image, job: str, out_dir: Path, *, timeout_s: float = 1500,
-            cpus: int = 2, memory_mb: int = 2048) -> VmRun:
-    """Boot image, run `job` (sh, in /project) in the guest, return what it left in out_dir."""
-    if shutil.which(QEMU) is None:
-        raise LabError(f"{QEMU} not found", "run 'make setup' (installs qemu-system-x86)")
-    if not image.complete():
-        raise LabError(f"no VM image at {image.dir}", "build it: 'lab vm build'")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("rc", "job.log", "boot.txt"):
-        (out_dir / stale).unlink(missing_ok=True)
-    (out_dir / "job.sh").write_text(job + "\n")
-    accel, why = accelerator()
-    argv = [
-        QEMU, *accel, "-m", str(memory_mb), "-smp", str(cpus), "-nographic", "-no-reboot",
+def _qemu_argv(qemu: str, accel: list[str], image: Image, out_dir: Path, cpus: int,
+               memory_mb: int) -> list[str]:
+    """Boot the image's kernel on its root filesystem (a snapshot: the image is never written),
+    with the checkout shared read-only and out_dir read-write, and no network."""
+    return [
+        qemu, *accel, "-m", str(memory_mb), "-smp", str(cpus), "-nographic", "-no-reboot",
         "-serial", "file:" + str(out_dir / "console.log"), "-monitor", "none",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),
         "-append", "root=/dev/vda rw console=ttyS0 quiet init=/sbin/bhl-vm-init panic=-1",
@@ -70,30 +62,47 @@ def run_job(image: Image, job: str, out_dir: Path, *, timeout_s: float = 1500,
         "-virtfs", f"local,path={out_dir},mount_tag=out,security_model=none",
         "-nic", "none",
     ]
+
+
+def _boot_s(out_dir: Path) -> float | None:
+    """The guest's uptime when its init started (`up N` in boot.txt), if it wrote one."""
+    boot_txt = out_dir / "boot.txt"
+    if not boot_txt.exists():
+        return None
+    words = boot_txt.read_text().split()
+    return float(words[words.index("up") + 1]) if "up" in words else None
+
+
+def run_job(image: Image, job: str, out_dir: Path, *, timeout_s: float = 1500,
+            cpus: int = 2, memory_mb: int = 2048) -> VmRun:
+    """Boot image, run `job` (sh, in /project) in the guest, return what it left in out_dir.
+
+    qemu's own messages go to out_dir/qemu.log (their end is in the error if it fails).
+    """
+    qemu = require_binary(QEMU, "qemu-system-x86")
+    if not image.complete():
+        raise LabError(f"no VM image at {image.dir}", "build it: 'lab vm build'")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("rc", "job.log", "boot.txt"):
+        (out_dir / stale).unlink(missing_ok=True)
+    (out_dir / "job.sh").write_text(job + "\n")
+    accel, why = accelerator()
+    qemu_log = out_dir / "qemu.log"
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    child = ChildProcess(_qemu_argv(qemu, accel, image, out_dir, cpus, memory_mb), qemu_log,
+                         mode="w", stdout=subprocess.DEVNULL)
     try:
-        _, err = proc.communicate(timeout=timeout_s)
+        rc = child.proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
         raise LabError(f"the VM did not finish within {timeout_s:.0f} s (killed)",
                        f"see {out_dir}/console.log and job.log") from None
-    except BaseException:
-        proc.kill()  # Ctrl-C / SIGTERM: no qemu left behind
-        proc.wait()
-        raise
+    finally:
+        # SIGKILL whatever still runs (timeout, Ctrl-C / SIGTERM): no qemu left behind
+        child.stop(timeout=0, signals=())
     wall = time.monotonic() - t0
-    if proc.returncode != 0:
-        raise LabError(f"qemu exited with {proc.returncode}: {err.strip()[-300:]}",
-                       f"see {out_dir}/console.log")
+    if rc != 0:
+        said = qemu_log.read_text(errors="replace").strip()[-300:]
+        raise LabError(f"qemu exited with {rc}: {said}", f"see {out_dir}/console.log")
     rc_file = out_dir / "rc"
-    rc = int(rc_file.read_text().strip()) if rc_file.exists() else None
-    boot = None
-    boot_txt = out_dir / "boot.txt"
-    if boot_txt.exists():
-        words = boot_txt.read_text().split()
-        if "up" in words:
-            boot = float(words[words.index("up") + 1])
-    return VmRun(rc, why, boot, wall, out_dir)
+    job_rc = int(rc_file.read_text().strip()) if rc_file.exists() else None
+    return VmRun(job_rc, why, _boot_s(out_dir), wall, out_dir)

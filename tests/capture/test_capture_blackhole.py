@@ -150,7 +150,7 @@ table ip lab {{
                 client=f"{lip}:{lport}", server=f"{sip}:{PORT}", vip=vip,
                 drop_t=drop_t, error_t=float(error_t), error_errno=int(errno_s), t0=t0,
                 loop_errors=result.snapshot_errors, ns_prefix=run.prefix,
-                capture_pid=ev.capture.proc.pid if ev.capture.proc else -1,
+                capture_pid=ev.capture.child.proc.pid if ev.capture.child else -1,
                 counters_after=counters_after, lb_views=lb_views, files=result.files,
             )
     finally:

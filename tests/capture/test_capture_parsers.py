@@ -208,14 +208,14 @@ def test_tcpdump_stats() -> None:
 
 
 def test_choose_tool(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sniffer.shutil, "which", lambda _name: "/usr/bin/tcpdump")
+    monkeypatch.setattr(sniffer, "find_binary", lambda _name: "/usr/bin/tcpdump")
     assert sniffer.choose_tool("auto", load="idle")[0] == "scapy"
     assert sniffer.choose_tool("auto")[0] == "scapy"
     tool, why = sniffer.choose_tool("auto", load="busy")
     assert tool == "tcpdump" and "busy" in why
     assert sniffer.choose_tool("auto", expected_pps=5000)[0] == "tcpdump"
     assert sniffer.choose_tool("scapy", load="busy") == ("scapy", "requested")
-    monkeypatch.setattr(sniffer.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(sniffer, "find_binary", lambda _name: None)
     tool, why = sniffer.choose_tool("auto", load="busy")
     assert tool == "scapy" and "not installed" in why
     with pytest.raises(LabError):
