@@ -40,21 +40,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import shutil
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.config.settings import LbSettings
 from lab.errors import LabError
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
-from lab.net.process import ChildProcess
+from lab.net.process import UNIX_PATH_MAX, ChildProcess, require_binary, tail, wait_until
 from lab.net.topology import Host
 
-SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin"  # haproxy's home, often not on root's PATH
-UNIX_PATH_MAX = 107
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_MS = 5000
@@ -64,11 +60,8 @@ BACKEND = "be"
 
 
 def haproxy_binary(path: str | None = None) -> str:
-    where = shutil.which("haproxy", path=path) if path is not None else (
-        shutil.which("haproxy") or shutil.which("haproxy", path=SBIN_PATH))
-    if where is None:
-        raise LabError("haproxy not found", "run 'make setup' (installs haproxy)")
-    return where
+    """haproxy lives in /usr/sbin, often not on a non-login root's PATH."""
+    return require_binary("haproxy", "haproxy", path)
 
 
 def _ms(seconds: float) -> int:
@@ -193,8 +186,8 @@ class ProxyLoadBalancer(LoadBalancer):
         self.socket_path.unlink(missing_ok=True)
         self.config.write_text(render_config(self.vip, self.port, self.socket_path, self.tuning))
         # -db: foreground, no daemon; warnings (missing timeouts) go to the log file
-        self._server = self.host.start([haproxy_binary(), "-db", "-f",
-                                                 str(self.config)], self.log)
+        self._server = self.host.start([haproxy_binary(), "-db", "-f", str(self.config)],
+                                       self.log)
         try:
             self._wait_ready()
         except BaseException:
@@ -203,33 +196,29 @@ class ProxyLoadBalancer(LoadBalancer):
 
     def _wait_ready(self) -> None:
         assert self._server is not None
-        proc = self._server.proc
-        deadline = time.monotonic() + START_TIMEOUT_S
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"haproxy exited with code {proc.returncode}; "
-                                   f"{self.log}:\n{self._tail()}")
-            if self.socket_path.exists():
-                try:
-                    if "Name: HAProxy" in self.cli("show info"):
-                        break
-                except OSError as exc:
-                    last = exc
-            time.sleep(0.01)
-        else:
+        server = self._server
+        errors: list[Exception] = []
+
+        def answers() -> bool:
+            if not self.socket_path.exists():
+                return False
+            try:
+                return "Name: HAProxy" in self.cli("show info")
+            except OSError as exc:
+                errors.append(exc)
+                return False
+
+        if not wait_until(answers, START_TIMEOUT_S, interval=0.01, alive=server.alive):
+            if not server.alive():
+                raise RuntimeError(f"haproxy exited with code {server.returncode}; "
+                                   f"{self.log}:\n{tail(self.log)}")
             raise RuntimeError(f"haproxy's stats socket did not answer within "
-                               f"{START_TIMEOUT_S:.0f}s ({last}); {self.log}:\n{self._tail()}")
+                               f"{START_TIMEOUT_S:.0f}s ({errors[-1] if errors else None}); "
+                               f"{self.log}:\n{tail(self.log)}")
         listening = self.host.run(["ss", "-Hltn"]).stdout
         want = f"{self.vip}:{self.port}"
         if not any(want in line.split() for line in listening.splitlines()):
             raise RuntimeError(f"haproxy runs but does not listen on {want}:\n{listening}")
-
-    def _tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return f"(no {self.log})"
 
     def cli(self, command: str, timeout: float = 5.0) -> str:
         """One runtime-API request over the stats socket (commands may be ';'-separated)."""
