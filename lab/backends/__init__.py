@@ -4,28 +4,41 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
+from typing import Literal
 
 from lab.backends.base import Backend
 from lab.backends.docker.container import DockerMariaDB, DockerNginx
 from lab.backends.mariadb import MariaDBServer
 from lab.backends.nginx import NginxServer
-from lab.config.settings import TrialSettings
 from lab.net.topology import Host
 
-__all__ = ["Backend", "make"]
+__all__ = ["Backend", "BackendOptions", "make"]
 
 
-def make(settings: TrialSettings, host: Host, address: ipaddress.IPv4Address) -> Backend:
-    """The backend server a trial asks for, in `host`, listening on `address`."""
-    if settings.provider == "docker":
-        if settings.backend == "mariadb":
-            return DockerMariaDB(host, address, image=settings.images.mariadb,
-                                 tables=settings.load.tables, table_size=settings.load.table_size)
-        return DockerNginx(host, address, image=settings.images.nginx)
-    if settings.backend == "mariadb":
-        return MariaDBServer(
-            host, address, tables=settings.load.tables, table_size=settings.load.table_size
-        )
-    if settings.backend == "nginx":
+@dataclass(frozen=True)
+class BackendOptions:
+    """Which server a trial runs and how (lab.experiment.options maps the settings onto it).
+
+    `image` is the docker image of that kind ("auto": the lab's, else the official one);
+    `tables` x `table_size` rows are what MariaDB is seeded with (nginx ignores both)."""
+
+    kind: Literal["mariadb", "nginx"] = "mariadb"
+    provider: Literal["process", "docker"] = "process"
+    image: str = "auto"
+    tables: int = 4
+    table_size: int = 1000
+
+
+def make(options: BackendOptions, host: Host, address: ipaddress.IPv4Address) -> Backend:
+    """The backend server `options` asks for, in `host`, listening on `address`."""
+    if options.provider == "docker":
+        if options.kind == "mariadb":
+            return DockerMariaDB(host, address, image=options.image, tables=options.tables,
+                                 table_size=options.table_size)
+        return DockerNginx(host, address, image=options.image)
+    if options.kind == "mariadb":
+        return MariaDBServer(host, address, tables=options.tables, table_size=options.table_size)
+    if options.kind == "nginx":
         return NginxServer(host, address)
-    raise ValueError(f"unknown backend {settings.backend!r}")
+    raise ValueError(f"unknown backend {options.kind!r}")

@@ -109,7 +109,8 @@ def _matrix_name(combo: dict[str, Any]) -> str:
     return ",".join(parts).replace(" ", "")
 
 
-def load(path: Path, overrides: list[str] | None = None) -> Scenario:
+def _read(path: Path) -> dict[str, Any]:
+    """The scenario file's TOML, with only the known top-level keys."""
     if not path.exists():
         raise LabError(f"scenario file {path} not found", "give a path such as scenarios/*.toml")
     try:
@@ -124,37 +125,56 @@ def load(path: Path, overrides: list[str] | None = None) -> Scenario:
             f"use only {', '.join(sorted(TOP_LEVEL))} (trial settings go under [defaults] "
             "or [[trial]])",
         )
-    defaults = doc.get("defaults", {})
-    explicit = doc.get("trial", [{}])
-    if not isinstance(explicit, list):
-        raise LabError(f"{path}: 'trial' must be an array of tables", "write [[trial]] sections")
-    matrix = doc.get("matrix", {})
+    return doc
+
+
+def _combos(path: Path, matrix: dict[str, Any]) -> list[dict[str, Any]]:
+    """The product of the [matrix] lists, one {key: value} per combination ([{}] without one)."""
     for key, values in matrix.items():
         if not isinstance(values, list) or not values:
             raise LabError(
                 f"{path}: matrix key {key!r} must be a non-empty list",
                 f'write e.g. "{key}" = [3, 5]',
             )
-    combos = [dict(zip(matrix, vals, strict=True)) for vals in itertools.product(*matrix.values())]
-    parsed_overrides = [parse_override(o) for o in overrides or []]
+    return [dict(zip(matrix, vals, strict=True)) for vals in itertools.product(*matrix.values())]
 
+
+def _trial_name(trial_doc: dict[str, Any], data: dict[str, Any], index: int,
+                combo: dict[str, Any]) -> str:
+    """The trial's own name; a matrix combination's values, appended to it if it has one."""
+    base = str(trial_doc.get("name", data.get("name", f"trial{index + 1}")))
+    if not combo:
+        return base
+    return _matrix_name(combo) if "name" not in trial_doc else f"{base}-{_matrix_name(combo)}"
+
+
+def _expand(path: Path, doc: dict[str, Any], overrides: list[str]) -> list[TrialSettings]:
+    """Every [[trial]] x every matrix combination: defaults, then the trial, the combination
+    and the overrides, validated; names must be unique."""
+    defaults = doc.get("defaults", {})
+    explicit = doc.get("trial", [{}])
+    if not isinstance(explicit, list):
+        raise LabError(f"{path}: 'trial' must be an array of tables", "write [[trial]] sections")
+    combos = _combos(path, doc.get("matrix", {}))
+    parsed_overrides = [parse_override(o) for o in overrides]
     trials: list[TrialSettings] = []
     seen: set[str] = set()
     for index, trial_doc in enumerate(explicit):
         for combo in combos:
             data = _merge(defaults, trial_doc)
-            for key, value in combo.items():
+            for key, value in [*combo.items(), *parsed_overrides]:
                 _set_dotted(data, key, value)
-            for key, value in parsed_overrides:
-                _set_dotted(data, key, value)
-            base = str(trial_doc.get("name", data.get("name", f"trial{index + 1}")))
-            name = base if not combo else (
-                _matrix_name(combo) if "name" not in trial_doc else f"{base}-{_matrix_name(combo)}"
-            )
-            data["name"] = name
+            data["name"] = name = _trial_name(trial_doc, data, index, combo)
             trial = build_trial(data, f"{path}: trial {name!r}")
             if trial.name in seen:
                 raise LabError(f"{path}: two trials are named {trial.name!r}", "give each a name")
             seen.add(trial.name)
             trials.append(trial)
+    return trials
+
+
+def load(path: Path, overrides: list[str] | None = None) -> Scenario:
+    """The scenario file at `path` as validated trials, `--set` overrides applied last."""
+    doc = _read(path)
+    trials = _expand(path, doc, overrides or [])
     return Scenario(path.stem, str(doc.get("description", "")), trials, doc)

@@ -25,20 +25,18 @@ DEFAULT_PARALLEL = 8
 
 
 def new_run_dir(root: Path, scenario_name: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    path = root / f"{stamp}-{scenario_name}"
-    path.mkdir(parents=True, exist_ok=False)
-    return path
-
-
-def finished_row(trial_dir: Path) -> dict[str, Any] | None:
-    """The summary row of a trial that finished in an earlier (interrupted) run."""
-    try:
-        record = json.loads((trial_dir / "trial.json").read_text())
-    except (OSError, ValueError):
-        return None
-    row = record.get("summary")
-    return row if isinstance(row, dict) else None
+    """A new results/<UTC stamp>-<scenario> directory; a run started in the same second as
+    another gets -2, -3, ... (mkdir is the claim, so two processes never share one)."""
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{scenario_name}"
+    path, n = root / base, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+            path = root / f"{base}-{n}"
 
 
 class MatrixRun:
@@ -78,19 +76,14 @@ class MatrixRun:
             self.failures[settings.name] = f"{type(exc).__name__}: {exc}"
             (trial_dir / "error.txt").write_text(traceback.format_exc())
             return
-        row = results.summary_row(result)
-        results.write_trial(result, trial_dir)
-        record = json.loads((trial_dir / "trial.json").read_text())
-        record["summary"] = row
-        (trial_dir / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
-        self.rows[settings.name] = row
+        self.rows[settings.name] = results.write_trial(result, trial_dir)
 
     def run(self) -> list[dict[str, Any]]:
         """Run (or resume) the matrix; returns summary rows in scenario order."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         todo = []
         for i, t in enumerate(self.scenario.trials):
-            row = finished_row(self.run_dir / t.name)
+            row = results.finished_row(self.run_dir / t.name)
             if row is not None:
                 self.rows[t.name] = row
                 self.statuses[t.name].phase = "done (earlier run)"

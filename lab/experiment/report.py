@@ -17,6 +17,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from lab.errors import LabError
 
@@ -90,11 +92,7 @@ def plot_timelines(run_dir: Path, rows: list[dict[str, str]], out: Path) -> Path
         ax.set_ylim(bottom=0)  # an outage is qps 0: keep zero on the axis
         ax.legend(fontsize=7, loc="upper right")
     axes[-1, 0].set_xlabel("seconds from the fault")
-    fig.tight_layout()
-    path = out / "timelines.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "timelines.png")
 
 
 def plot_predicted_vs_measured(rows: list[dict[str, str]], out: Path) -> Path:
@@ -127,11 +125,7 @@ def plot_predicted_vs_measured(rows: list[dict[str, str]], out: Path) -> Path:
     ax.set_ylabel("measured outage (s)")
     ax.set_title("outage: model vs measurement")
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = out / "predicted_vs_measured.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "predicted_vs_measured.png")
 
 
 def plot_trial(trial_dir: Path, row: dict[str, str]) -> Path:
@@ -141,21 +135,28 @@ def plot_trial(trial_dir: Path, row: dict[str, str]) -> Path:
     fig, (ax_q, ax_r, ax_s) = plt.subplots(3, 1, figsize=(10, 7.5), sharex=True)
     fault = fault_time(trial_dir)
     measured = _float(row.get("measured_outage_s"))
+    _plot_qps(ax_q, trial_dir, row, measured)
+    for ax in (ax_q, ax_r, ax_s):
+        if fault is not None:
+            ax.axvline(fault, color="red", lw=1)
+            if measured is not None:
+                ax.axvspan(fault, fault + measured, color="red", alpha=0.12)
+    _plot_retransmits(ax_r, trial_dir)
+    _plot_client_sockets(ax_s, trial_dir)
+    return save_figure(fig, trial_dir / "timeline.png")
+
+
+def _plot_qps(ax: Axes, trial_dir: Path, row: dict[str, str], measured: float | None) -> None:
     tl = read_csv(trial_dir / "timeline.csv")
-    ax_q.plot(
+    ax.plot(
         [float(s["t_s"]) for s in tl],
         [float(s["qps"]) for s in tl],
         drawstyle="steps-pre",
         lw=1.2,
         label="qps",
     )
-    ax_q.set_ylabel("qps")
-    for ax in (ax_q, ax_r, ax_s):
-        if fault is not None:
-            ax.axvline(fault, color="red", lw=1)
-            if measured is not None:
-                ax.axvspan(fault, fault + measured, color="red", alpha=0.12)
-    ax_q.set_title(
+    ax.set_ylabel("qps")
+    ax.set_title(
         f"{row['trial']}: outage {_fmt_s(measured)} "
         f"(model {_fmt_s(_float(row.get('predicted_outage_s')))}, "
         f"{row.get('predicted_mechanism', '')})",
@@ -163,6 +164,9 @@ def plot_trial(trial_dir: Path, row: dict[str, str]) -> Path:
         loc="left",
     )
 
+
+def _plot_retransmits(ax: Axes, trial_dir: Path) -> None:
+    """The client's outgoing retransmissions (retransmits.csv), each with its gap."""
     rtx = [
         r
         for r in read_csv(trial_dir / "retransmits.csv")
@@ -171,26 +175,29 @@ def plot_trial(trial_dir: Path, row: dict[str, str]) -> Path:
     for kind, marker in (("tlp", "^"), ("rto", "o"), ("fast", "x")):
         pts = [(float(r["t_s"]), _float(r["gap_s"]) or 0.0) for r in rtx if r["kind"] == kind]
         if pts:
-            ax_r.scatter(*zip(*pts, strict=True), marker=marker, label=kind, s=22)
+            ax.scatter(*zip(*pts, strict=True), marker=marker, label=kind, s=22)
             for t, gap in pts:
-                ax_r.annotate(
+                ax.annotate(
                     f"{gap:.2f}s", (t, gap), fontsize=6, xytext=(3, 3), textcoords="offset points"
                 )
     if rtx:
-        ax_r.set_yscale("log")
-        ax_r.legend(fontsize=7, loc="upper left")
-    ax_r.set_ylabel("retransmission gap (s)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_ylabel("retransmission gap (s)")
 
+
+def _plot_client_sockets(ax: Axes, trial_dir: Path) -> None:
+    """Per client connection (sockets.csv): its retransmit counter and its timer's time left."""
     socks = [r for r in read_csv(trial_dir / "sockets.csv") if r.get("state") != "none"]
     by_conn: dict[str, list[dict[str, str]]] = {}
     for r in socks:
         by_conn.setdefault(r["local"], []).append(r)
     for local, rows in by_conn.items():
         t = [float(r["t_s"]) for r in rows]
-        ax_s.step(
+        ax.step(
             t, [_float(r["retrans"]) or 0 for r in rows], where="post", label=f"{local} retrans"
         )
-        ax_s.plot(
+        ax.plot(
             t,
             [_float(r["timer_left_s"]) or 0 for r in rows],
             ls=":",
@@ -198,12 +205,15 @@ def plot_trial(trial_dir: Path, row: dict[str, str]) -> Path:
             label=f"{local} timer left (s)",
         )
     if by_conn:
-        ax_s.legend(fontsize=6, loc="upper left")
-    ax_s.set_ylabel("client socket")
-    ax_s.set_xlabel("seconds from the trial start")
+        ax.legend(fontsize=6, loc="upper left")
+    ax.set_ylabel("client socket")
+    ax.set_xlabel("seconds from the trial start")
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
+    """Lay the figure out, write it to `path` and free it (pyplot keeps every open figure)."""
     fig.tight_layout()
-    path = trial_dir / "timeline.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 

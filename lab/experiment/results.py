@@ -33,7 +33,9 @@ def _r(x: float | None, nd: int = 3) -> float | str:
     return "" if x is None else round(x, nd)
 
 
-def write_trial(result: TrialResult, trial_dir: Path) -> None:
+def write_trial(result: TrialResult, trial_dir: Path) -> dict[str, Any]:
+    """timeline.csv, events.csv and trial.json (with the summary row a resumed run reads back,
+    finished_row); returns that row."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     t0 = result.t0
     with open(trial_dir / "timeline.csv", "w", newline="") as f:
@@ -49,7 +51,20 @@ def write_trial(result: TrialResult, trial_dir: Path) -> None:
         w.writerow(["t_s", "event", "detail"])
         for t, event, detail in sorted(result.events, key=lambda e: e[0]):
             w.writerow([_r(t - t0), event, detail])
-    (trial_dir / "trial.json").write_text(json.dumps(trial_record(result), indent=2) + "\n")
+    row = summary_row(result)
+    record = {**trial_record(result), "summary": row}
+    (trial_dir / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
+    return row
+
+
+def finished_row(trial_dir: Path) -> dict[str, Any] | None:
+    """The summary row of a trial that finished in an earlier (interrupted) run."""
+    try:
+        record = json.loads((trial_dir / "trial.json").read_text())
+    except (OSError, ValueError):
+        return None
+    row = record.get("summary")
+    return row if isinstance(row, dict) else None
 
 
 def trial_record(result: TrialResult) -> dict[str, Any]:

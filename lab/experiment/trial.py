@@ -12,6 +12,7 @@ The LVS-NAT topology (the article's):
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +28,8 @@ from lab.capture import to_wall
 from lab.capture.evidence import Evidence
 from lab.config.settings import TrialSettings
 from lab.experiment import faults
-from lab.lb.base import LbOptions, RealServer
+from lab.experiment.options import backend_options, driver_config, lb_options
+from lab.lb.base import LoadBalancer, RealServer
 from lab.load.base import DriverProcess, sysbench_line
 from lab.net.runtime import new_run
 from lab.net.topology import Network, lvs_topology, lvs_vip
@@ -91,10 +93,31 @@ def _predict(settings: TrialSettings, engine: str, idle_elapsed_s: float = 0.0
                          rto_s=model.rto_with_latency(settings.latency_ms))
 
 
-def _start_backends(backends: list[Backend]) -> None:
-    with ThreadPoolExecutor(len(backends)) as pool:
-        for f in [pool.submit(b.start) for b in backends]:
-            f.result()
+@dataclass
+class _Trial:
+    """What one run of run_trial is given and fills in."""
+
+    settings: TrialSettings
+    result: TrialResult
+    status: TrialStatus
+    out_dir: Path
+    stop: threading.Event
+    on_line: Callable[[str], None] | None
+
+
+@dataclass
+class _Parts:
+    """What the trial built, each part already on the teardown stack."""
+
+    backends: list[Backend]
+    balancer: LoadBalancer
+    servers: list[RealServer]
+    driver: DriverProcess
+    evidence: Evidence | None
+
+    def fault_target(self) -> faults.FaultTarget:
+        return faults.FaultTarget(self.balancer, self.backends[0], self.servers[0],
+                                  self.servers[1])
 
 
 def run_trial(
@@ -107,84 +130,101 @@ def run_trial(
 ) -> TrialResult:
     """Run one trial and return its result; out_dir receives the driver log."""
     started_at = time.monotonic()
-    stop = stop or threading.Event()
-    status = status or TrialStatus(settings.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     engine, why = lb.choose_engine(settings.lb.engine)
-    result = TrialResult(
-        settings=settings,
-        engine=engine,
-        engine_why=why,
-        prediction=_predict(settings, engine),
-        t0=time.monotonic(),
-    )
+    result = TrialResult(settings=settings, engine=engine, engine_why=why,
+                         prediction=_predict(settings, engine), t0=time.monotonic())
+    trial = _Trial(settings, result, status or TrialStatus(settings.name), out_dir,
+                   stop or threading.Event(), on_line)
     with contextlib.ExitStack() as teardown:
-        status.phase = "building"
-        run = new_run()
-        teardown.callback(run.release)
-        net = Network(lvs_topology(settings.client.sysctls()), run)
-        teardown.callback(net.close)
-        vip = lvs_vip(run)
-        net.add_address("lb", str(vip), "to-client")
-        if settings.latency_ms is not None:
-            net.add_delay("client", "to-lb", settings.latency_ms)
-
-        backends: list[Backend] = []
-        for name in ("backend1", "backend2"):
-            b = backends_.make(settings, net[name], net[name].address_towards("lb"))
-            teardown.callback(b.stop)
-            backends.append(b)
-        _start_backends(backends)
-
-        balancer = lb.make(engine, net["lb"], vip, settings.lb.port,
-                           LbOptions.from_settings(settings.lb), settings.lb)
-        balancer.setup()
-        teardown.callback(balancer.close)
-        servers = [RealServer(b.name, b.address, b.port) for b in backends]
-        balancer.add_real_server(servers[0])
-        result.facts = {"run_id": run.run_id, "subnet": str(run.subnet), "vip": str(vip)}
-
-        # the trial clock starts here; evidence starts before the load so the pcap has the SYNs
-        result.t0 = status.started = time.monotonic()
-        evidence: Evidence | None = None
-        if settings.capture:
-            evidence = Evidence(net["client"], net["lb"], str(vip), settings.lb.port, out_dir,
-                                load=settings.load.shape, t0=to_wall(result.t0),
-                                lb_table="ipvsadm" if engine == "ipvs" else "auto")
-            evidence.start()
-            teardown.callback(evidence.close)
-        status.phase = "warming up"
-        result.event("load_start", f"{settings.load.driver} x{settings.load.threads} -> "
-                     f"{vip}:{settings.lb.port}")
-        driver = DriverProcess(
-            net["client"],
-            f"lab.load.{settings.load.driver}",
-            {
-                "target": {"host": str(vip), "port": settings.lb.port,
-                           **backends[0].client_params()},
-                "client": settings.client.model_dump(),
-                "load": settings.load.model_dump(),
-            },
-            out_dir / "driver.log",
-            on_record=lambda r: _on_record(r, result, status, on_line),
-        )
-        teardown.callback(driver.stop)
-        driver.wait_ready(READY_TIMEOUT_S)
-        result.event("ready", "all driver threads connected", driver.output.ready_t)
-
-        _observe(settings, result, status, driver, faults.FaultTarget(
-            balancer, backends[0], servers[0], servers[1]), stop)
-
-        status.phase = "tearing down"
-        driver.stop()
-        result.samples = list(driver.output.samples)
-        _collect_driver_events(result, driver)
-        if evidence is not None:
-            result.evidence = evidence.stop().facts()
-    status.phase = "done"
+        parts = _build(trial, teardown)
+        _observe(trial, parts)
+        _collect(trial, parts)
+    trial.status.phase = "done"
     # build to torn down: what the trial costs a matrix (benchmarks/bench_matrix.py)
     result.facts["wall_s"] = round(time.monotonic() - started_at, 3)
     return result
+
+
+# --- build ------------------------------------------------------------------------------------
+
+
+def _build(trial: _Trial, teardown: contextlib.ExitStack) -> _Parts:
+    """The namespaces, both backends, the LB with backend1, the evidence and the warmed-up load;
+    the trial clock (result.t0) starts once the service exists, before the load."""
+    settings, result, status = trial.settings, trial.result, trial.status
+    status.phase = "building"
+    net, vip = _build_network(trial, teardown)
+    backends = _build_backends(settings, net, teardown)
+    balancer = lb.make(result.engine, net["lb"], vip, settings.lb.port, lb_options(settings))
+    balancer.setup()
+    teardown.callback(balancer.close)
+    servers = [RealServer(b.name, b.address, b.port) for b in backends]
+    balancer.add_real_server(servers[0])
+    # the trial clock starts here; evidence starts before the load so the pcap has the SYNs
+    result.t0 = status.started = time.monotonic()
+    evidence = _start_evidence(trial, net, vip, teardown) if settings.capture else None
+    status.phase = "warming up"
+    driver = _start_driver(trial, net, vip, backends[0], teardown)
+    return _Parts(backends, balancer, servers, driver, evidence)
+
+
+def _build_network(trial: _Trial, teardown: contextlib.ExitStack
+                   ) -> tuple[Network, ipaddress.IPv4Address]:
+    """The LVS topology in a run slot of its own, the VIP on the lb, the client's latency."""
+    settings = trial.settings
+    run = new_run()
+    teardown.callback(run.release)
+    net = Network(lvs_topology(settings.client.sysctls()), run)
+    teardown.callback(net.close)
+    vip = lvs_vip(run)
+    net.add_address("lb", str(vip), "to-client")
+    if settings.latency_ms is not None:
+        net.add_delay("client", "to-lb", settings.latency_ms)
+    trial.result.facts = {"run_id": run.run_id, "subnet": str(run.subnet), "vip": str(vip)}
+    return net, vip
+
+
+def _build_backends(settings: TrialSettings, net: Network, teardown: contextlib.ExitStack
+                    ) -> list[Backend]:
+    """backend1 (active) and backend2 (standby), started side by side."""
+    options = backend_options(settings)
+    backends: list[Backend] = []
+    for name in ("backend1", "backend2"):
+        backend = backends_.make(options, net[name], net[name].address_towards("lb"))
+        teardown.callback(backend.stop)
+        backends.append(backend)
+    with ThreadPoolExecutor(len(backends)) as pool:
+        for started in [pool.submit(b.start) for b in backends]:
+            started.result()
+    return backends
+
+
+def _start_evidence(trial: _Trial, net: Network, vip: ipaddress.IPv4Address,
+                    teardown: contextlib.ExitStack) -> Evidence:
+    settings = trial.settings
+    evidence = Evidence(net["client"], net["lb"], str(vip), settings.lb.port, trial.out_dir,
+                        load=settings.load.shape, t0=to_wall(trial.result.t0),
+                        lb_table="ipvsadm" if trial.result.engine == "ipvs" else "auto")
+    evidence.start()
+    teardown.callback(evidence.close)
+    return evidence
+
+
+def _start_driver(trial: _Trial, net: Network, vip: ipaddress.IPv4Address, active: Backend,
+                  teardown: contextlib.ExitStack) -> DriverProcess:
+    """The load driver in the client namespace, once all its threads are connected."""
+    settings, result = trial.settings, trial.result
+    result.event("load_start", f"{settings.load.driver} x{settings.load.threads} -> "
+                 f"{vip}:{settings.lb.port}")
+    config = driver_config(settings, str(vip), active.client_params())
+    driver = DriverProcess(net["client"], config.module, config.config,
+                           trial.out_dir / "driver.log",
+                           on_record=lambda r: _on_record(r, result, trial.status, trial.on_line))
+    teardown.callback(driver.stop)
+    driver.wait_ready(READY_TIMEOUT_S)
+    result.event("ready", "all driver threads connected", driver.output.ready_t)
+    return driver
 
 
 def _on_record(
@@ -204,56 +244,86 @@ def _on_record(
         status.recovered_t = record["t"]
 
 
-def _observe(
-    settings: TrialSettings,
-    result: TrialResult,
-    status: TrialStatus,
-    driver: DriverProcess,
-    target: faults.FaultTarget,
-    stop: threading.Event,
-) -> None:
+# --- observe ----------------------------------------------------------------------------------
+
+Pending = list[tuple[float, faults.FollowUp]]  # (monotonic time due, follow-up)
+
+
+def _observe(trial: _Trial, parts: _Parts) -> None:
+    """Tick until the service recovered (and ran on after_s) or the deadline passed: inject the
+    fault when due, run its follow-ups on time."""
+    settings, result, driver = trial.settings, trial.result, parts.driver
     ready_t = driver.output.ready_t or result.t0
     fault_at = max(result.t0 + settings.fault.at_s, ready_t + 1.0)
-    pending: list[tuple[float, faults.FollowUp]] = []
+    pending: Pending = []
     while True:
-        if stop.is_set():
-            raise Interrupted(settings.name)
-        now = time.monotonic()
-        if not driver.alive():
-            raise RuntimeError(f"load driver exited early (code {driver.proc.returncode})")
-        if result.fault_t is None and now >= fault_at and _idle_phase_begun(
-                settings, driver, fault_at, now):
-            # The fault instant is when the action starts (errors count from here); recovery
-            # counts only transactions started once it is fully in place (the driver's mark),
-            # so one that slipped through while nft was applying the rules is not "recovery".
-            status.phase = "fault"
-            result.fault_t = time.monotonic()
-            detail, followups = faults.inject(settings.fault, target)
-            applied = time.monotonic()
-            driver.mark_fault(applied)
-            result.event("fault", f"{settings.fault.kind}: {detail}", result.fault_t)
-            result.event("fault_applied", f"took {1000 * (applied - result.fault_t):.1f} ms",
-                         applied)
-            status.fault_t = result.fault_t
-            status.phase = "outage"
-            if settings.load.shape == "idle":
-                _predict_idle(settings, result, driver)
-            pending = [(applied + f.delay_s, f) for f in followups]
-        for item in [p for p in pending if p[0] <= now]:
-            pending.remove(item)
-            item[1].action()
-            result.event(item[1].event, item[1].detail)
-        if result.fault_t is not None:
-            recovered = status.recovered_t
-            if recovered is not None:
-                status.phase = "recovered"
-                if now >= recovered + settings.after_s and not pending:
-                    return
-            if now >= result.fault_t + settings.deadline_s:
-                if recovered is None:
-                    result.event("deadline", f"not recovered {settings.deadline_s:g}s after fault")
-                return
+        now = _check_running(trial, driver)
+        if result.fault_t is None and _fault_due(settings, driver, fault_at, now):
+            pending = _inject(trial, parts)
+        _run_due(result, pending, now)
+        if result.fault_t is not None and _finished(trial, pending, now):
+            return
         time.sleep(TICK_S)
+
+
+def _check_running(trial: _Trial, driver: DriverProcess) -> float:
+    """Now, unless the trial was asked to stop or its driver died."""
+    if trial.stop.is_set():
+        raise Interrupted(trial.settings.name)
+    now = time.monotonic()
+    if not driver.alive():
+        raise RuntimeError(f"load driver exited early (code {driver.proc.returncode})")
+    return now
+
+
+def _fault_due(settings: TrialSettings, driver: DriverProcess, fault_at: float, now: float
+               ) -> bool:
+    return now >= fault_at and _idle_phase_begun(settings, driver, fault_at, now)
+
+
+def _inject(trial: _Trial, parts: _Parts) -> Pending:
+    """Inject the fault now; its follow-ups, due on the clock of its having been applied.
+
+    The fault instant is when the action starts (errors count from here); recovery counts only
+    transactions started once it is fully in place (the driver's mark), so one that slipped
+    through while nft was applying the rules is not "recovery"."""
+    settings, result, status = trial.settings, trial.result, trial.status
+    status.phase = "fault"
+    result.fault_t = time.monotonic()
+    detail, followups = faults.inject(settings.fault, parts.fault_target())
+    applied = time.monotonic()
+    parts.driver.mark_fault(applied)
+    result.event("fault", f"{settings.fault.kind}: {detail}", result.fault_t)
+    result.event("fault_applied", f"took {1000 * (applied - result.fault_t):.1f} ms", applied)
+    status.fault_t = result.fault_t
+    status.phase = "outage"
+    if settings.load.shape == "idle":
+        _predict_idle(settings, result, parts.driver)
+    return [(applied + f.delay_s, f) for f in followups]
+
+
+def _run_due(result: TrialResult, pending: Pending, now: float) -> None:
+    """Run (and drop) the follow-ups due by now."""
+    for item in [p for p in pending if p[0] <= now]:
+        pending.remove(item)
+        item[1].action()
+        result.event(item[1].event, item[1].detail)
+
+
+def _finished(trial: _Trial, pending: Pending, now: float) -> bool:
+    """Recovered and run on for after_s with no follow-up left, or past the deadline."""
+    settings, result, status = trial.settings, trial.result, trial.status
+    assert result.fault_t is not None
+    recovered = status.recovered_t
+    if recovered is not None:
+        status.phase = "recovered"
+        if now >= recovered + settings.after_s and not pending:
+            return True
+    if now >= result.fault_t + settings.deadline_s:
+        if recovered is None:
+            result.event("deadline", f"not recovered {settings.deadline_s:g}s after fault")
+        return True
+    return False
 
 
 def _last_idle_start(driver: DriverProcess, before: float) -> float | None:
@@ -288,6 +358,19 @@ def _predict_idle(settings: TrialSettings, result: TrialResult, driver: DriverPr
     elapsed = result.fault_t - started
     result.facts["idle_elapsed_s"] = round(elapsed, 4)
     result.prediction = _predict(settings, result.engine, idle_elapsed_s=elapsed)
+
+
+# --- collect ----------------------------------------------------------------------------------
+
+
+def _collect(trial: _Trial, parts: _Parts) -> None:
+    """Stop the load, then take its samples, its events (and the verdict) and the evidence."""
+    trial.status.phase = "tearing down"
+    parts.driver.stop()
+    trial.result.samples = list(parts.driver.output.samples)
+    _collect_driver_events(trial.result, parts.driver)
+    if parts.evidence is not None:
+        trial.result.evidence = parts.evidence.stop().facts()
 
 
 def _collect_driver_events(result: TrialResult, driver: DriverProcess) -> None:

@@ -21,7 +21,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lab.config.settings import LbSettings
 from lab.net.topology import Host
 
 
@@ -50,18 +49,21 @@ class Connection:
 
 @dataclass(frozen=True)
 class LbOptions:
-    """What every engine honours. The IPVS-only sysctls (None: the kernel's default) are
-    ignored by the engines that emulate LVS, whose behaviour is that of their defaults."""
+    """What the engines honour (lab.experiment.options maps a trial's lb.* keys onto it).
+
+    The IPVS-only sysctls (None: the kernel's default) are ignored by the engines that emulate
+    LVS, whose behaviour is that of their defaults; the proxy_* keys are HAProxy's own
+    (lab.lb.proxy) and ignored by the packet forwarders."""
 
     expire_nodest_conn: int = 0
     drain_timeout_s: float | None = None
     conn_reuse_mode: int | None = None
     expire_quiescent_template: int | None = None
-
-    @classmethod
-    def from_settings(cls, lb: LbSettings) -> LbOptions:
-        return cls(lb.expire_nodest_conn, lb.drain_timeout_s, lb.conn_reuse_mode,
-                   lb.expire_quiescent_template)
+    # HAProxy `timeout server` (None: not set, infinite) and its health check
+    proxy_timeout_server_s: float | None = None
+    proxy_health_check: bool = False
+    proxy_check_inter_s: float = 2.0
+    proxy_check_fall: int = 3
 
 
 class LoadBalancer(ABC):

@@ -9,9 +9,20 @@ from pathlib import Path
 import pytest
 
 from lab.config import scenario
-from lab.experiment.matrix import MatrixRun
+from lab.experiment.matrix import MatrixRun, new_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_runs_started_in_the_same_second_get_their_own_directory(tmp_path: Path) -> None:
+    paths = [new_run_dir(tmp_path / "results", "ci-short") for _ in range(4)]
+    assert len(set(paths)) == 4 and all(p.is_dir() for p in paths)
+    by_second: dict[str, list[str]] = {}
+    for p in paths:  # <UTC stamp>-<scenario>[-n]; the stamp is YYYYmmdd-HHMMSS
+        by_second.setdefault(p.name[:15], []).append(p.name[16:])
+    for names in by_second.values():  # the first of a second plain, then -2, -3, ...
+        assert names == ["ci-short", *(f"ci-short-{n}" for n in range(2, len(names) + 1))]
+    assert max(len(n) for n in by_second.values()) >= 2  # (4 calls span at most 2 seconds)
 
 
 @pytest.mark.root

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lab import cli
+from lab.cli.main import main as lab_main
 from lab.config import scenario
 from lab.errors import LabError
 from lab.experiment import report
@@ -52,7 +52,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
 def test_same_settings_compare_clean(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["compare", str(runs["a"]), str(runs["b"])]) == 0
+    assert lab_main(["compare", str(runs["a"]), str(runs["b"])]) == 0
     out = capsys.readouterr().out
     print(out)
     assert "0 regression(s) in measured_outage_s" in out
@@ -65,7 +65,7 @@ def test_same_settings_compare_clean(
 def test_worse_setting_is_a_regression_and_fails(
     runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["compare", str(runs["a"]), str(runs["c"])]) == 1
+    assert lab_main(["compare", str(runs["a"]), str(runs["c"])]) == 1
     out = capsys.readouterr().out
     print(out)
     assert "1 regression(s) in measured_outage_s" in out and "REGRESSION" in out
@@ -74,7 +74,7 @@ def test_worse_setting_is_a_regression_and_fails(
     assert bad.trial == "user-timeout" and bad.a is not None and bad.b is not None
     assert bad.b - bad.a > 2.5  # 3 s -> 6 s of TCP_USER_TIMEOUT
     # the gate follows the chosen metric: errors did not regress
-    assert cli.main(["compare", str(runs["a"]), str(runs["c"]), "--metric", "errors"]) == 0
+    assert lab_main(["compare", str(runs["a"]), str(runs["c"]), "--metric", "errors"]) == 0
 
 
 @pytest.mark.root

@@ -40,13 +40,17 @@ def snapshot() -> tuple[set[str], set[str]]:
 def leftovers(before: tuple[set[str], set[str]], mine: int | None = None) -> tuple[str, str]:
     """What exists now and did not before, less what other live runs own: so a user's own
     lab run beside the tests (its namespaces and servers, even ones started since `before`)
-    is not taken for a leak. `mine`: the pid of a `lab` the test started."""
+    is not taken for a leak. `mine`: the pid of a `lab` the test started. A server counts
+    only if it is a lab run's (its files in a run's bhl-* scratch dir or in the lab's cache):
+    another test's server, with files of its own elsewhere, is not this trial's leak."""
     ns, procs = snapshot()
     others = runtime.live_runs((os.getpid(), mine))
     prefixes = tuple(f"{runtime.NS_PREFIX}{r['run_id']}-" for r in others)
     dirs = [str(r["workdir"]) for r in others]
+    labs = ("/bhl-", str(runtime.CACHE_DIR))
     return ("\n".join(sorted(n for n in ns - before[0] if not n.startswith(prefixes))),
-            "\n".join(sorted(p for p in procs - before[1] if not any(d in p for d in dirs))))
+            "\n".join(sorted(p for p in procs - before[1]
+                             if any(d in p for d in labs) and not any(d in p for d in dirs))))
 
 
 def as_from_a_terminal() -> None:

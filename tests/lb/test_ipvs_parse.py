@@ -8,9 +8,8 @@ import ipaddress
 import pytest
 
 from lab import lb
-from lab.config.settings import LbSettings
 from lab.errors import LabError
-from lab.lb.base import LbOptions, RealServer
+from lab.lb.base import RealServer
 from lab.lb.ipvs import masq_dest, parse_ipvsadm_conn_line
 
 IPVSADM_LCN = """\
@@ -32,13 +31,6 @@ def test_parses_ipvsadm_connection_lines() -> None:
         "198.18.0.1:41632", "198.18.0.100:3001", "198.18.1.2:3306")
     assert first.real_server == "backend1" and conns[1].real_server is None
     assert conns[1].expire_s == 112.0
-
-
-def test_options_carry_the_ipvs_sysctls() -> None:
-    o = LbOptions.from_settings(LbSettings(engine="ipvs", expire_nodest_conn=1,
-                                           conn_reuse_mode=0, expire_quiescent_template=1))
-    assert (o.expire_nodest_conn, o.conn_reuse_mode, o.expire_quiescent_template) == (1, 0, 1)
-    assert LbOptions.from_settings(LbSettings()).conn_reuse_mode is None  # kernel default
 
 
 def test_ipvs_is_refused_with_the_fix_where_the_kernel_has_none() -> None:

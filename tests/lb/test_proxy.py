@@ -27,6 +27,7 @@ from lab import backends, lb
 from lab.config import scenario
 from lab.config.settings import LbSettings, TrialSettings
 from lab.experiment import faults
+from lab.experiment.options import backend_options, lb_options
 from lab.lb import LbOptions, RealServer
 from lab.lb.proxy import ProxyLoadBalancer, ProxyTuning, _duration_s, parse_show_sess, render_config
 from lab.load.base import DriverProcess
@@ -98,7 +99,7 @@ class Rig:
             assert p.stdout is not None and p.stdout.readline().strip() == "listening"
             self.procs.append(p)
             self.servers.append(RealServer(name, addr, PORT))
-        balancer = lb.make("proxy", net["lb"], vip, 3001, options, settings)
+        balancer = lb.make("proxy", net["lb"], vip, 3001, options)
         assert isinstance(balancer, ProxyLoadBalancer)
         self.lb = balancer
         self.lb.setup()
@@ -207,13 +208,12 @@ def proxy_trial(settings: TrialSettings, out_dir: Path) -> ProxyOutcome:
             net.add_address("lb", str(vip), "to-client")
             servers_ = []
             for name in ("backend1", "backend2"):
-                b = backends.make(settings, net[name], net[name].address_towards("lb"))
+                b = backends.make(backend_options(settings), net[name],
+                                  net[name].address_towards("lb"))
                 stack.callback(b.stop)
                 b.start()
                 servers_.append(b)
-            balancer = lb.make("proxy", net["lb"], vip, settings.lb.port,
-                               LbOptions(settings.lb.expire_nodest_conn,
-                                         settings.lb.drain_timeout_s), settings.lb)
+            balancer = lb.make("proxy", net["lb"], vip, settings.lb.port, lb_options(settings))
             stack.callback(balancer.close)
             balancer.setup()
             rs = [RealServer(b.name, b.address, b.port) for b in servers_]
