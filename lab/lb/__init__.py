@@ -13,7 +13,7 @@ from lab.errors import LabError
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
 from lab.lb.ipvs import IpvsLoadBalancer
 from lab.lb.nft import NftLoadBalancer
-from lab.lb.proxy import ProxyLoadBalancer, ProxyTuning, haproxy_binary
+from lab.lb.proxy import ProxyLoadBalancer, haproxy_binary
 from lab.net.topology import Host
 
 __all__ = ["Connection", "LbOptions", "LoadBalancer", "RealServer", "choose_engine", "make"]
@@ -53,9 +53,4 @@ def make(
     engine: str, host: Host, vip: ipaddress.IPv4Address, port: int, options: LbOptions
 ) -> LoadBalancer:
     """An engine instance; the proxy engine also reads its own keys (proxy_*) off `options`."""
-    balancer = ENGINES[engine](host, vip, port, options)
-    if isinstance(balancer, ProxyLoadBalancer):
-        # until ProxyLoadBalancer builds its tuning from the options it is given
-        balancer.tuning = ProxyTuning(options.proxy_timeout_server_s, options.proxy_health_check,
-                                      options.proxy_check_inter_s, options.proxy_check_fall)
-    return balancer
+    return ENGINES[engine](host, vip, port, options)

@@ -45,7 +45,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.config.settings import LbSettings
 from lab.errors import LabError
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
 from lab.net.process import UNIX_PATH_MAX, ChildProcess, require_binary, tail, wait_until
@@ -78,11 +77,9 @@ class ProxyTuning:
     check_fall: int = 3
 
     @classmethod
-    def from_settings(cls, lb: LbSettings | None) -> ProxyTuning:
-        if lb is None:
-            return cls()
-        return cls(lb.proxy_timeout_server_s, lb.proxy_health_check, lb.proxy_check_inter_s,
-                   lb.proxy_check_fall)
+    def of(cls, options: LbOptions) -> ProxyTuning:
+        return cls(options.proxy_timeout_server_s, options.proxy_health_check,
+                   options.proxy_check_inter_s, options.proxy_check_fall)
 
     def server_args(self) -> str:
         if not self.health_check:
@@ -157,10 +154,10 @@ class ProxyLoadBalancer(LoadBalancer):
 
     engine = "proxy"
 
-    def __init__(self, host: Host, vip: ipaddress.IPv4Address, port: int, options: LbOptions,
-                 settings: LbSettings | None = None) -> None:
+    def __init__(self, host: Host, vip: ipaddress.IPv4Address, port: int,
+                 options: LbOptions) -> None:
         super().__init__(host, vip, port, options)
-        self.tuning = ProxyTuning.from_settings(settings)
+        self.tuning = ProxyTuning.of(options)
         self.dir = host.workdir / f"haproxy-{port}"
         self.config = self.dir / "haproxy.cfg"
         self.socket_path = self.dir / "admin.sock"

@@ -49,8 +49,7 @@ def test_config_leaves_timeout_server_to_haproxy_unless_set(tmp_path: Path) -> N
     assert not [line for line in settings_lines if line.startswith(("timeout server",
                                                                     "timeout client"))]
     assert "mode tcp" in default and "bind 198.18.0.100:3001" in default
-    tuned = ProxyTuning.from_settings(LbSettings(engine="proxy", proxy_timeout_server_s=4.5,
-                                                 proxy_health_check=True, proxy_check_fall=2))
+    tuned = ProxyTuning(timeout_server_s=4.5, health_check=True, check_fall=2)
     assert "timeout server 4500" in render_config(vip, 3001, tmp_path / "s", tuned)
     assert tuned.server_args() == (" check inter 2000 fall 2 rise 2 "
                                    "on-marked-down shutdown-sessions")
@@ -85,8 +84,7 @@ def test_settings_accept_the_proxy_engine() -> None:
 class Rig:
     """client -> HAProxy on the VIP -> backend1/backend2 running tests/lb/echo.py."""
 
-    def __init__(self, net: Network, run: Run, options: LbOptions,
-                 settings: LbSettings | None = None) -> None:
+    def __init__(self, net: Network, run: Run, options: LbOptions) -> None:
         self.net = net
         vip = lvs_vip(run)
         net.add_address("lb", str(vip), "to-client")
