@@ -251,6 +251,8 @@ def plot(out: Path, scen: Scenario) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from lab.experiment.report import save_figure  # with matplotlib: only when plotting
+
     names = sorted(scen.sites)
     rows = len(names) + 2
     fig, axes = plt.subplots(rows, 1, figsize=(11, 2.4 * rows), sharex=True, squeeze=False)
@@ -265,11 +267,7 @@ def plot(out: Path, scen: Scenario) -> Path:
                    plan_colours)
     _plot_away(axes[-1][0], names, counts, away, site_colour)
     axes[-1][0].set_xlabel("seconds since the load started")
-    fig.tight_layout()
-    path = out / "timeline.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "timeline.png", dpi=90)
 
 
 def _plot_utilisation(axes: list[Any], out: Path, scen: Scenario,
