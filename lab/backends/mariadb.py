@@ -3,8 +3,9 @@
 A trial must be cheap to build (target: 4 namespaces + 2 servers + teardown in <= 5 s), but
 mariadb-install-db plus a sysbench-style prepare takes seconds. So both happen once per
 machine: `ensure_template()` builds an initialised datadir with the sbtest schema and data
-under CACHE_DIR (keyed by the mariadbd version and the table count/size), and each server
-start only copies it (~25 MB, tens of ms) and starts mariadbd (~0.2 s).
+(lab.workload.sbtest) under the lab's CACHE_DIR (lab.net.runtime), keyed by the mariadbd
+version and the table count/size, and each server start only copies it (~25 MB, tens of
+ms) and starts mariadbd (~0.2 s).
 
 Setup and inspection go over the server's unix socket as root (socket authentication), never
 over TCP from the host namespace: every TCP client of a lab server lives in a lab namespace.
@@ -20,34 +21,28 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pymysql
 
-from lab.backends.base import Backend
-from lab.errors import LabError
-from lab.load.oltp import SysbenchRandom, create_index_sql, create_table_sql
-from lab.net.process import ChildProcess
+from lab.backends.base import Pollable, ProcessBackend, check_socket_path, wait_healthy
+from lab.net import runtime
+from lab.net.process import ChildProcess, require_binary, tail
 from lab.net.topology import Host
+from lab.workload.sbtest import DATABASE, PASSWORD, USER, load_tables
 
-CACHE_DIR = Path(os.environ.get("BHL_CACHE_DIR", "/var/cache/blackhole-lab"))
-DATABASE = "sbtest"
-USER = "sbtest"
-PASSWORD = "sbpass"
 # what a client (through the VIP) asks to learn which backend answered
 IDENTITY_SQL = "SELECT name FROM sbtest.lab_identity WHERE id = 1"
+SET_IDENTITY_SQL = "UPDATE sbtest.lab_identity SET name = %s WHERE id = 1"
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
-UNIX_PATH_MAX = 107
-INSERT_BATCH = 1000
-SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin"
+TEMPLATE_STOP_TIMEOUT_S = 60.0  # the template's slow shutdown (innodb-fast-shutdown=0)
 
 # Options shared by the template build and every server: InnoDB files must be compatible, and
 # buffers are small so start and shutdown are fast. Durability is irrelevant (the datadir is a
@@ -68,14 +63,8 @@ def check_binaries(path: str | None = None) -> dict[str, str]:
     mariadbd lives in /usr/sbin, which a non-login root shell may not have on PATH, so the sbin
     directories are searched as well (unless `path` is given, e.g. by a test).
     """
-    found = {}
-    for name in ("mariadbd", "mariadb-install-db"):
-        where = shutil.which(name, path=path) if path is not None else (
-            shutil.which(name) or shutil.which(name, path=SBIN_PATH))
-        if where is None:
-            raise LabError(f"{name} not found", "run 'make setup' (installs mariadb-server)")
-        found[name] = where
-    return found
+    return {name: require_binary(name, "mariadb-server", path)
+            for name in ("mariadbd", "mariadb-install-db")}
 
 
 @cache
@@ -90,26 +79,14 @@ def mariadbd_version() -> str:
 
 
 def template_dir(tables: int, table_size: int) -> Path:
-    return CACHE_DIR / f"mariadb-{mariadbd_version()}-t{tables}-s{table_size}"
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no {path})"
+    return runtime.CACHE_DIR / f"mariadb-{mariadbd_version()}-t{tables}-s{table_size}"
 
 
 def _server_argv(datadir: Path, run_dir: Path, socket_path: Path, *extra: str,
                  binary: str | None = None) -> list[str]:
     """mariadbd's command line; --no-defaults first so /etc/mysql is never read (mariadbd
     rejects it anywhere else). `binary`: the server's path where it runs (a container)."""
-    if len(str(socket_path)) > UNIX_PATH_MAX:
-        raise LabError(
-            f"unix socket path too long ({len(str(socket_path))} > {UNIX_PATH_MAX}): "
-            f"{socket_path}",
-            "use a shorter scratch directory",
-        )
+    check_socket_path(socket_path)
     return [
         binary or check_binaries()["mariadbd"],
         "--no-defaults",
@@ -132,39 +109,37 @@ def _connect_unix(socket_path: Path, timeout: float = 2.0) -> pymysql.connection
                            read_timeout=30, autocommit=True)
 
 
-class Pollable(Protocol):
-    """What a startup wait needs of the server: a Popen, or a container's state."""
-
-    @property
-    def returncode(self) -> int | Any: ...
-
-    def poll(self) -> int | None: ...
-
-
-def _wait_healthy(proc: Pollable, socket_path: Path, log: Path,
+def _wait_healthy(server: Pollable, socket_path: Path, log: Path,
                   timeout: float = START_TIMEOUT_S) -> None:
     """Until `SELECT 1` answers over the unix socket; RuntimeError with the log tail if not."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"mariadbd exited with code {proc.returncode} during startup; "
-                f"{log} ends with:\n{_tail(log)}")
-        if socket_path.exists():
-            try:
-                conn = _connect_unix(socket_path, timeout=1.0)
-                try:
-                    conn.query("SELECT 1")
-                    return
-                finally:
-                    conn.close()
-            except pymysql.err.Error as exc:
-                last = exc
-        time.sleep(0.02)
-    raise RuntimeError(
-        f"mariadbd did not answer within {timeout:.0f}s (last error: {last}); "
-        f"{log} ends with:\n{_tail(log)}")
+
+    def answers() -> bool:
+        if not socket_path.exists():
+            return False
+        with contextlib.closing(_connect_unix(socket_path, timeout=1.0)) as conn:
+            conn.query("SELECT 1")
+        return True
+
+    wait_healthy(
+        answers, server, timeout, interval=0.02, errors=(pymysql.err.Error,),
+        exited=lambda: (f"mariadbd exited with code {server.returncode} during startup; "
+                        f"{log} ends with:\n{tail(log)}"),
+        silent=lambda last: (f"mariadbd did not answer within {timeout:.0f}s (last error: "
+                             f"{last}); {log} ends with:\n{tail(log)}"))
+
+
+def load_sbtest(socket_path: Path, tables: int, table_size: int) -> None:
+    """What `sysbench oltp_read_write prepare` does, plus the lab_identity table, as root over
+    the server's unix socket."""
+    with contextlib.closing(_connect_unix(socket_path)) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {DATABASE}")
+        cur.execute(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'")
+        cur.execute(f"GRANT ALL ON {DATABASE}.* TO '{USER}'@'%'")
+        cur.execute(f"USE {DATABASE}")
+        load_tables(cur, tables, table_size)
+        cur.execute("CREATE TABLE lab_identity (id TINYINT PRIMARY KEY, name VARCHAR(64) "
+                    "NOT NULL) ENGINE=InnoDB")
+        cur.execute("INSERT INTO lab_identity VALUES (1, 'template')")
 
 
 # --- the template -----------------------------------------------------------------------------
@@ -177,18 +152,19 @@ def ensure_template(tables: int = 4, table_size: int = 1000) -> Path:
     the same template, the build happens in a temporary directory and is renamed into place
     only when complete, so a killed build never leaves a half template behind.
     """
+    cache_dir = runtime.CACHE_DIR
     final = template_dir(tables, table_size)
     data = final / "data"
     if data.is_dir():
         return data
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / f".{final.name}.lock", "w") as lock:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if data.is_dir():
             return data  # another builder finished while we waited
-        for stale in CACHE_DIR.glob(f".build-{final.name}-*"):
+        for stale in cache_dir.glob(f".build-{final.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed build (we hold the lock)
-        tmp = CACHE_DIR / f".build-{final.name}-{os.getpid()}-{secrets.token_hex(3)}"
+        tmp = cache_dir / f".build-{final.name}-{os.getpid()}-{secrets.token_hex(3)}"
         tmp.mkdir()
         try:
             started = time.monotonic()
@@ -207,71 +183,44 @@ def _build_template(root: Path, tables: int, table_size: int) -> None:
     """install-db, then a private mariadbd (--skip-networking: unix socket only) to load
     sysbench's schema and data, then a slow clean shutdown so the copy starts without
     recovery or pending purge."""
-    binaries = check_binaries()
     data = root / "data"
-    log = root / "build.log"
-    with open(log, "w") as out:
-        install = subprocess.run(
-            [binaries["mariadb-install-db"], "--no-defaults", "--user=root", f"--datadir={data}",
-             "--auth-root-authentication-method=socket", "--skip-test-db",
-             "--skip-name-resolve", *INNODB_OPTIONS],
-            stdout=out, stderr=subprocess.STDOUT, timeout=120,
-        )
-    if install.returncode != 0:
-        raise RuntimeError(f"mariadb-install-db failed ({install.returncode}):\n{_tail(log)}")
+    _install_db(data, root / "build.log")
     # the cache path is long; a unix socket path must fit in 108 bytes
     sock_dir = Path(tempfile.mkdtemp(prefix="bhl-tpl-"))
     socket_path = sock_dir / "mysqld.sock"
     argv = _server_argv(data, root, socket_path, "--skip-networking", "--innodb-fast-shutdown=0")
-    with open(root / "mariadbd.out", "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    server = ChildProcess(argv, root / "mariadbd.out", mode="w")
     try:
-        _wait_healthy(proc, socket_path, root / "error.log")
-        conn = _connect_unix(socket_path)
-        try:
-            _load_sbtest(conn, tables, table_size)
-        finally:
-            conn.close()
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(60)
+        _wait_healthy(server, socket_path, root / "error.log")
+        load_sbtest(socket_path, tables, table_size)
+        rc = server.stop(TEMPLATE_STOP_TIMEOUT_S)
         if rc != 0:
             raise RuntimeError(f"template mariadbd shutdown failed ({rc}):\n"
-                               f"{_tail(root / 'error.log')}")
+                               f"{tail(root / 'error.log')}")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        server.stop(0, signals=())  # a failed build is thrown away: kill -9 at once
         shutil.rmtree(sock_dir, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         (root / "mariadbd.pid").unlink()
 
 
-def _load_sbtest(conn: pymysql.connections.Connection, tables: int, table_size: int) -> None:
-    """What `sysbench oltp_read_write prepare` does, plus the lab_identity table."""
-    rng = SysbenchRandom()
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {DATABASE}")
-        cur.execute(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'")
-        cur.execute(f"GRANT ALL ON {DATABASE}.* TO '{USER}'@'%'")
-        cur.execute(f"USE {DATABASE}")
-        for n in range(1, tables + 1):
-            cur.execute(create_table_sql(n))
-            insert = f"INSERT INTO sbtest{n}(k, c, pad) VALUES (%s, %s, %s)"
-            for first in range(0, table_size, INSERT_BATCH):
-                rows = [(rng.special(1, table_size), rng.c_value(), rng.pad_value())
-                        for _ in range(min(INSERT_BATCH, table_size - first))]
-                cur.executemany(insert, rows)
-            cur.execute(create_index_sql(n))
-        cur.execute("CREATE TABLE lab_identity (id TINYINT PRIMARY KEY, name VARCHAR(64) "
-                    "NOT NULL) ENGINE=InnoDB")
-        cur.execute("INSERT INTO lab_identity VALUES (1, 'template')")
+def _install_db(data: Path, log: Path) -> None:
+    """mariadb-install-db into `data`: the system tables, root by socket authentication."""
+    with open(log, "w") as out:
+        install = subprocess.run(
+            [check_binaries()["mariadb-install-db"], "--no-defaults", "--user=root",
+             f"--datadir={data}", "--auth-root-authentication-method=socket", "--skip-test-db",
+             "--skip-name-resolve", *INNODB_OPTIONS],
+            stdout=out, stderr=subprocess.STDOUT, timeout=120,
+        )
+    if install.returncode != 0:
+        raise RuntimeError(f"mariadb-install-db failed ({install.returncode}):\n{tail(log)}")
 
 
 # --- the server --------------------------------------------------------------------------------
 
 
-class MariaDBServer(Backend):
+class MariaDBServer(ProcessBackend):
     """mariadbd in `host`'s namespace, bound to `address:port`, data copied from the template.
 
     Each server writes its own name into sbtest.lab_identity at start, so a client can tell
@@ -280,6 +229,7 @@ class MariaDBServer(Backend):
     """
 
     kind = "mariadb"
+    stop_timeout_s = STOP_TIMEOUT_S
 
     def __init__(self, host: Host, address: ipaddress.IPv4Address, *, port: int = 3306,
                  tables: int = 4, table_size: int = 1000) -> None:
@@ -287,21 +237,11 @@ class MariaDBServer(Backend):
         self.port = port
         self.tables = tables
         self.table_size = table_size
-        self.dir = host.workdir / "mariadb"
+        self._use_dir("mariadb", "mysqld.sock")
         self.datadir = self.dir / "data"
-        self.socket_path = self.dir / "mysqld.sock"
-        self.error_log = self.dir / "error.log"
-        self.timings: dict[str, float] = {}
-        self._server: ChildProcess | None = None
-
-    @property
-    def pid(self) -> int | None:
-        """mariadbd's pid, None once it has exited."""
-        return self._server.pid if self._server is not None else None
 
     def start(self) -> None:
-        if self.pid is not None:
-            raise RuntimeError(f"{self.name}: mariadbd already running (pid {self.pid})")
+        self._refuse_if_running("mariadbd")
         t0 = time.monotonic()
         template = ensure_template(self.tables, self.table_size)
         t1 = time.monotonic()
@@ -313,14 +253,11 @@ class MariaDBServer(Backend):
         argv = _server_argv(self.datadir, self.dir, self.socket_path,
                             f"--bind-address={self.address}", f"--port={self.port}",
                             "--innodb-fast-shutdown=3", f"--report-host={self.name}")
-        self._server = self.host.start(argv, self.dir / "mariadbd.out")
-        try:
-            _wait_healthy(self._server.proc, self.socket_path, self.error_log)
-            self.query("UPDATE sbtest.lab_identity SET name = %s WHERE id = 1", (self.name,))
+        server = self._launch(argv, self.dir / "mariadbd.out")
+        with self._stopped_on_failure():
+            _wait_healthy(server, self.socket_path, self.error_log)
+            self.query(SET_IDENTITY_SQL, (self.name,))
             self._check_listening()
-        except BaseException:
-            self.stop()
-            raise
         t3 = time.monotonic()
         self.timings = {"template_s": t1 - t0, "copy_s": t2 - t1, "start_s": t3 - t2,
                         "total_s": t3 - t0}
@@ -331,27 +268,17 @@ class MariaDBServer(Backend):
         want = f"{self.address}:{self.port}"
         if not any(want in line.split() for line in out.splitlines()):
             raise RuntimeError(f"{self.name}: mariadbd answers on its socket but does not "
-                               f"listen on {want}; ss -ltn:\n{out}\n{_tail(self.error_log)}")
+                               f"listen on {want}; ss -ltn:\n{out}\n{tail(self.error_log)}")
 
     def client_params(self) -> dict[str, str]:
         return {"user": USER, "password": PASSWORD, "database": DATABASE}
 
     def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         """Run one statement as root over the unix socket (setup, inspection)."""
-        conn = _connect_unix(self.socket_path)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, args)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
+        with contextlib.closing(_connect_unix(self.socket_path)) as conn, \
+                conn.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
 
     def identity(self) -> str:
         return str(self.query(IDENTITY_SQL)[0][0])
-
-    def stop(self) -> None:
-        if self._server is not None:
-            t0 = time.monotonic()
-            self._server.stop(STOP_TIMEOUT_S)
-            self._server = None
-            self.timings["stop_s"] = time.monotonic() - t0

@@ -26,20 +26,18 @@ backend.
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import socket
 import sys
 import time
 from pathlib import Path
 
-from lab.backends.base import Backend
-from lab.backends.mariadb import SBIN_PATH, UNIX_PATH_MAX
-from lab.errors import LabError
-from lab.net.process import ChildProcess
+from lab.backends.base import NotReady, Pollable, ProcessBackend, check_socket_path, wait_healthy
+from lab.net.process import require_binary, tail
 from lab.net.topology import Host
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+LOG_LINES = 10  # of each log, in a start-up error
 KEEPALIVE_S = 86400  # keepalive_timeout / keepalive_time: longer than any trial
 KEEPALIVE_REQUESTS = 1_000_000_000
 
@@ -55,11 +53,7 @@ sys.stdout.write(f"{r.status} {r.read().decode().strip()}")
 
 def nginx_binary(path: str | None = None) -> str:
     """Absolute path of nginx (in /usr/sbin, often not on a non-login root's PATH)."""
-    where = shutil.which("nginx", path=path) if path is not None else (
-        shutil.which("nginx") or shutil.which("nginx", path=SBIN_PATH))
-    if where is None:
-        raise LabError("nginx not found", "run 'make setup' (installs nginx-light)")
-    return where
+    return require_binary("nginx", "nginx-light", path)
 
 
 def render_config(name: str, address: ipaddress.IPv4Address, port: int, run_dir: Path) -> str:
@@ -105,77 +99,71 @@ def get_unix(socket_path: Path, path: str = "/", timeout: float = 1.0) -> tuple[
     return status, body.decode(errors="replace").strip()
 
 
-def _tail(path: Path, lines: int = 10) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no {path})"
+class NginxServer(ProcessBackend):
+    """nginx in `host`'s namespace on `address:port`; GET / answers the backend's name.
 
-
-class NginxServer(Backend):
-    """nginx in `host`'s namespace on `address:port`; GET / answers the backend's name."""
+    `start` is written once for both providers: a container provider replaces how the
+    config reads (`_config`), how the server runs (`_run_server`) and what an error shows
+    of it (`_startup_log`).
+    """
 
     kind = "nginx"
+    stop_timeout_s = STOP_TIMEOUT_S
+    start_timeout_s = START_TIMEOUT_S
+    health_interval_s = 0.01
 
     def __init__(self, host: Host, address: ipaddress.IPv4Address, *, port: int = 80) -> None:
         super().__init__(host, address)
         self.port = port
-        self.dir = host.workdir / "nginx"
-        self.conf = self.dir / "nginx.conf"
-        self.socket_path = self.dir / "nginx.sock"
-        self.error_log = self.dir / "error.log"
-        self.timings: dict[str, float] = {}
-        self._server: ChildProcess | None = None
+        self._use_dir("nginx", "nginx.sock")
 
     @property
-    def pid(self) -> int | None:
-        """The single nginx process, None once it has exited."""
-        return self._server.pid if self._server is not None else None
+    def conf(self) -> Path:
+        return self.dir / "nginx.conf"
 
     def start(self) -> None:
-        if self.pid is not None:
-            raise RuntimeError(f"{self.name}: nginx already running (pid {self.pid})")
-        if len(str(self.socket_path)) > UNIX_PATH_MAX:
-            raise LabError(f"unix socket path too long: {self.socket_path}",
-                           "use a shorter scratch directory")
+        self._refuse_if_running("nginx")
+        check_socket_path(self.socket_path)
         t0 = time.monotonic()
         (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)  # left by a killed server: nginx won't bind
-        self.conf.write_text(render_config(self.name, self.address, self.port, self.dir))
+        self.conf.write_text(self._config())
+        with self._stopped_on_failure():
+            self._wait_healthy(self._run_server())
+            self._check_tcp()
+        self.timings = {"start_s": time.monotonic() - t0}
+
+    def _config(self) -> str:
+        return render_config(self.name, self.address, self.port, self.dir)
+
+    def _run_server(self) -> Pollable:
         # -e: the error log before the config is read (default /var/log/nginx/error.log)
         argv = [nginx_binary(), "-p", str(self.dir), "-c", str(self.conf),
                 "-e", str(self.error_log)]
-        self._server = self.host.start(argv, self.dir / "nginx.out")
-        try:
-            self._wait_healthy()
-            self._check_tcp()
-        except BaseException:
-            self.stop()
-            raise
-        self.timings = {"start_s": time.monotonic() - t0}
+        return self._launch(argv, self.dir / "nginx.out")
 
-    def _wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
-        assert self._server is not None
-        proc = self._server.proc
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name}: nginx exited with code {proc.returncode} during "
-                    f"startup; {self.error_log} ends with:\n{_tail(self.error_log)}\n"
-                    f"{_tail(self.dir / 'nginx.out')}")
-            if self.socket_path.exists():
-                try:
-                    status, body = get_unix(self.socket_path)
-                    if status == 200 and body == self.name:
-                        return
-                    last = RuntimeError(f"answered {status} {body!r}")
-                except (OSError, ValueError, IndexError) as exc:
-                    last = exc
-            time.sleep(0.01)
-        raise RuntimeError(f"{self.name}: nginx did not answer within {timeout:.0f}s "
-                           f"(last error: {last}); {self.error_log}:\n{_tail(self.error_log)}")
+    def _startup_log(self) -> str:
+        return (f"{self.error_log} ends with:\n{tail(self.error_log, LOG_LINES)}\n"
+                f"{tail(self.dir / 'nginx.out', LOG_LINES)}")
+
+    def _answers(self) -> bool:
+        """GET / over the unix socket names this backend (False: no socket yet)."""
+        if not self.socket_path.exists():
+            return False
+        status, body = get_unix(self.socket_path)
+        if status == 200 and body == self.name:
+            return True
+        raise NotReady(f"answered {status} {body!r}")
+
+    def _wait_healthy(self, server: Pollable) -> None:
+        timeout = self.start_timeout_s
+        wait_healthy(
+            self._answers, server, timeout, interval=self.health_interval_s,
+            errors=(OSError, ValueError, IndexError, NotReady),
+            exited=lambda: (f"{self.name}: nginx exited with code {server.returncode} during "
+                            f"startup; {self._startup_log()}"),
+            silent=lambda last: (f"{self.name}: nginx did not answer within {timeout:.0f}s "
+                                 f"(last error: {last}); {self._startup_log()}"))
 
     def _check_tcp(self) -> None:
         """The unix socket answered; prove the TCP listener with a GET from inside the ns."""
@@ -191,11 +179,3 @@ class NginxServer(Backend):
 
     def client_params(self) -> dict[str, str]:
         return {"path": "/"}
-
-    def stop(self) -> None:
-        """SIGCONT (a fault may have stopped it), SIGTERM (fast shutdown), SIGKILL if stuck."""
-        if self._server is not None:
-            t0 = time.monotonic()
-            self._server.stop(STOP_TIMEOUT_S)
-            self._server = None
-            self.timings["stop_s"] = time.monotonic() - t0

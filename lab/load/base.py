@@ -29,21 +29,24 @@ stdin (trial -> driver)
 T is time.monotonic() (CLOCK_MONOTONIC is one clock for all processes on the machine), so the
 trial can put driver events and its own fault times on one axis.
 stderr carries a human report line per second in sysbench's format (see `sysbench_line`).
+
+This module is what both ends share, and the trial's end (`DriverProcess`); what runs inside
+a driver process (its threads, accounting and main loop) is lab.load.runtime.
 """
 
 from __future__ import annotations
 
 import json
-import queue
+import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.net.process import ChildProcess, wait_until
 from lab.net.topology import Host
 
 SAMPLE_FIELDS = ("tps", "qps", "reads", "writes", "other", "lat_p95_ms", "errors", "reconnects")
@@ -73,7 +76,11 @@ class DriverOutput:
 
 
 class DriverProcess:
-    """Trial side: start a driver in a namespace, collect its records, mark the fault, stop it."""
+    """Trial side: start a driver in a namespace, collect its records, mark the fault, stop it.
+
+    The driver is a ChildProcess of `host` whose stdout is a pipe (the records) and whose
+    stderr is the log; lines on stdout that are not records go to the log too.
+    """
 
     def __init__(
         self,
@@ -86,18 +93,16 @@ class DriverProcess:
         self.output = DriverOutput()
         self._on_record = on_record
         self._ready = threading.Event()
-        self._log = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        self._records: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.proc = host.popen(
-            [sys.executable, "-m", module, json.dumps(config)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            bufsize=1,
+        self.child: ChildProcess = host.start(
+            [sys.executable, "-m", module, json.dumps(config)], log_path, mode="w",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
         self._reader = threading.Thread(target=self._read, name=f"driver-{module}", daemon=True)
         self._reader.start()
+
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.child.proc
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -105,26 +110,29 @@ class DriverProcess:
             try:
                 record = json.loads(line)
             except ValueError:
-                self._log.write(f"(non-protocol stdout) {line}")
+                self.child.log.write(f"(non-protocol stdout) {line}")
                 continue
-            kind = record.get("kind")
-            if kind == "sample":
-                self.output.samples.append(record)
-            elif kind == "event":
-                self.output.events.append(record)
-            elif kind == "ready":
-                self.output.ready_t = record["t"]
-                self._ready.set()
-            if self._on_record:
-                self._on_record(record)
+            self._take(record)
         self._ready.set()  # EOF: let wait_ready() return and report the failure
+
+    def _take(self, record: dict[str, Any]) -> None:
+        kind = record.get("kind")
+        if kind == "sample":
+            self.output.samples.append(record)
+        elif kind == "event":
+            self.output.events.append(record)
+        elif kind == "ready":
+            self.output.ready_t = record["t"]
+            self._ready.set()
+        if self._on_record:
+            self._on_record(record)
 
     def wait_ready(self, timeout: float) -> None:
         if not self._ready.wait(timeout) or self.output.ready_t is None:
-            self._log.flush()
+            self.child.log.flush()
             raise RuntimeError(
                 f"load driver not ready after {timeout:.0f}s (exit code {self.proc.poll()}); "
-                f"see {self._log.name}"
+                f"see {self.child.log_path}"
             )
 
     def _send(self, line: str) -> None:
@@ -139,17 +147,15 @@ class DriverProcess:
         self._send(f"fault {t!r}")
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.child.alive()
 
     def stop(self, timeout: float = 10.0) -> int:
-        """Ask the driver to stop; kill it if it does not (a thread stuck in a blackhole)."""
+        """Ask the driver to stop; kill it if it does not (a thread stuck in a blackhole).
+
+        Safe to call twice. The reader has read the last record before the log is closed."""
         self._send("stop")
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        rc = self.proc.wait()
+        if not wait_until(lambda: not self.child.alive(), timeout):
+            self.child.send_signal(signal.SIGKILL)
+        self.proc.wait()
         self._reader.join(timeout=5)
-        self._log.close()
-        return rc
+        return self.child.stop()

@@ -10,13 +10,13 @@ connection fails (timeout, reset, EOF, a malformed answer) the thread drops it, 
 A non-2xx answer is counted as an error but the connection is kept (the server still talks).
 
 The worker threads, the per-second accounting, the fault mark and the stdin/stdout protocol
-are lab.load.oltp's (subclassed, not copied), so both drivers behave the same around the
-requests: same `ready`/`sample`/`event` records, same `connected` event with the socket
-options read back from the kernel, same recovery rule. Counting: one request = one
+are lab.load.runtime's, as for oltp, so both drivers behave the same around the requests:
+same `ready`/`sample`/`event` records, same `connected` event with the socket options read
+back from the kernel, same recovery rule. Counting: one request = one
 transaction = one query = one read (tps = qps = reads, writes = other = 0).
 
 Socket options and timeouts are applied exactly as oltp does: `connect_timeout_s` bounds the
-TCP connect; right after connect, oltp's `apply_sockopts` sets TCP_USER_TIMEOUT and the
+TCP connect; right after connect, the runtime's `apply_sockopts` sets TCP_USER_TIMEOUT and the
 keepalive options; `write_timeout_s` / `read_timeout_s` become the socket timeout before each
 send / each response read (None: block, like urllib3's default). Unlike PyMySQL, http.client
 leaves SO_KEEPALIVE off (urllib3's default socket options are just TCP_NODELAY), so
@@ -25,24 +25,14 @@ leaves SO_KEEPALIVE off (urllib3's default socket options are just TCP_NODELAY),
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import json
-import queue
 import sys
 import time
 from typing import Any
 
 from lab.config.settings import ClientSettings, LoadSettings
-from lab.load import oltp
-from lab.load.oltp import (
-    Clock,
-    FaultMark,
-    OltpConfig,
-    Target,
-    apply_sockopts,
-    emit_event,
-)
+from lab.load import runtime
+from lab.load.oltp import OltpConfig, Target
 
 
 class HttpTarget(Target):
@@ -86,53 +76,37 @@ class HttpError(Exception):
     """A complete answer that is not 2xx (the connection itself is fine)."""
 
 
-class HttpWorker(oltp.Worker):
+class HttpWorker(runtime.Worker[_Connection]):
     """One client thread: one keep-alive connection, requests in a loop."""
 
-    def __init__(self, index: int, cfg: HttpConfig, clock: Clock, fault: FaultMark,
-                 ready: queue.Queue[tuple[str, Any]]) -> None:
+    CONNECT_ERRORS = (OSError,)
+    program = "http"
+
+    def __init__(self, index: int, cfg: HttpConfig, clock: runtime.Clock, fault: runtime.FaultMark,
+                 ready: runtime.Queue) -> None:
         super().__init__(index, cfg, clock, fault, ready)
-        self.name = f"http-{index}"
         self.http_cfg = cfg
-        self.http: _Connection | None = None
         self.last_body = ""
 
     # connections
-    def _new_connection(self) -> _Connection:
+    def _open(self) -> None:
         t, c = self.http_cfg.target, self.cfg.client
         conn = _Connection(t.host, t.port, timeout=c.connect_timeout_s)
         try:
             conn.connect()
-            sock = conn.sock
-            assert sock is not None
-            opts = apply_sockopts(sock, c)
-            local = "{}:{}".format(*sock.getsockname()[:2])
-            peer = "{}:{}".format(*sock.getpeername()[:2])
+            assert conn.sock is not None
+            report = runtime.SocketReport.configure(conn.sock, c)
         except OSError:
             conn.close()
             raise
-        emit_event("connected", self.index,
-                   f"local={local} peer={peer} " + " ".join(f"{k}={v}" for k, v in opts.items()),
-                   sockopts=opts, local=local)
-        return conn
+        runtime.emit_connected(self.index, report.local, report.peer, report.sockopts)
+        self.conn = conn
 
-    CONNECT_ERRORS = (OSError,)
-
-    def _open(self) -> None:
-        self.http = self._new_connection()
-
-    def _error_detail(self, exc: BaseException) -> str:
-        return error_detail(exc)
-
-    def _drop_connection(self) -> None:
-        if self.http is not None:
-            with contextlib.suppress(Exception):
-                self.http.close()
-            self.http = None
+    _error_detail = staticmethod(error_detail)
 
     # one request
     def _request(self) -> str:
-        conn = self.http
+        conn = self.conn
         assert conn is not None and conn.sock is not None
         c = self.cfg.client
         conn.sock.settimeout(c.write_timeout_s)
@@ -147,49 +121,24 @@ class HttpWorker(oltp.Worker):
         return body
 
     def _transaction(self) -> bool:
-        if self.http is None:  # closed by the server after its last answer
+        if self.conn is None:  # closed by the server after its last answer
             self._connect(after_error=False)
         start = time.monotonic()
         try:
             self.last_body = self._request()
         except HttpError as exc:
-            now = time.monotonic()
-            self._count(now, error=True)
-            emit_event("error", self.index, str(exc), now)
+            self._failed(str(exc))
             return False
         except (OSError, http.client.HTTPException) as exc:
-            now = time.monotonic()
-            self._count(now, error=True)
-            emit_event("error", self.index, error_detail(exc), now)
-            self._drop_connection()
-            self._connect(after_error=True)
+            self._failed(error_detail(exc))
+            self._reconnect()
             return False
-        end = time.monotonic()
-        self._count(end, r=1, txn_latency=end - start)
-        with self.lock:
-            self.recent_ok.append((start, end))
-        self._check_recovered(start, end)
-        if not self.was_ready:
-            self.was_ready = True
-            self.ready_q.put(("ready", self.index))
+        self._completed(start, r=1)
         return True
 
 
-class HttpDriver(oltp.Driver):
-    """oltp's main loop (stdin commands, per-second samples) over HttpWorkers."""
-
-    def __init__(self, cfg: HttpConfig) -> None:
-        super().__init__(cfg)
-        self.workers = [HttpWorker(i, cfg, self.clock, self.fault, self.q)
-                        for i in range(cfg.load.threads)]
-
-
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        sys.stderr.write("usage: python -m lab.load.http CONFIG_JSON\n")
-        sys.exit(2)
-    cfg = HttpConfig.model_validate(json.loads(argv[1]))
-    HttpDriver(cfg).run()
+    runtime.run_driver(argv, HttpConfig, HttpWorker, "lab.load.http")
 
 
 if __name__ == "__main__":

@@ -50,11 +50,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -65,16 +63,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lab.backends.mariadb import CACHE_DIR
 from lab.errors import LabError
-from lab.load.oltp import (
+from lab.load.oltp import OltpConfig
+from lab.load.runtime import (
     FaultMark,
-    OltpConfig,
-    _stdin_reader,
+    emit_connected,
     emit_event,
     emit_locked,
+    is_stop,
+    parse_config,
     read_sockopts,
+    start_stdin_reader,
 )
+from lab.net import runtime as net_runtime
+from lab.net.process import find_binary
 
 SAMPLE_RE = re.compile(
     r"^\[ (\d+)s \] thds: (\d+) tps: ([\d.]+) qps: ([\d.]+) \(r/w/o: ([\d.]+)/([\d.]+)/([\d.]+)\)"
@@ -126,13 +128,15 @@ def crashed(returncode: int) -> bool:
     return returncode in SIGSEGV_CODES
 
 
-def build_reconnect_fix(cache_dir: Path = CACHE_DIR) -> Path:
-    """The compiled shim (cached by the hash of its source; built once, atomically)."""
+def build_reconnect_fix(cache_dir: Path | None = None) -> Path:
+    """The compiled shim (cached by the hash of its source; built once, atomically) in
+    `cache_dir`, by default the lab's CACHE_DIR (read at call time, so a test can move it)."""
+    cache_dir = cache_dir or net_runtime.CACHE_DIR
     source = FIX_SOURCE.read_bytes()
     target = cache_dir / f"sb_reconnect_fix-{hashlib.sha256(source).hexdigest()[:12]}.so"
     if target.exists():
         return target
-    gcc = shutil.which("gcc")
+    gcc = find_binary("gcc")
     if gcc is None:
         raise LabError("gcc not found (needed for load.sysbench_reconnect_fix)",
                        "run 'make setup' (installs gcc), or leave the fix off")
@@ -307,11 +311,8 @@ class SysbenchDriver:
             if fd in child.sockets:
                 continue
             child.sockets.add(fd)
-            opts = foreign_sockopts(child.proc.pid, fd)
-            emit_event("connected", index,
-                       f"local={local} peer={peer} pid={child.proc.pid} "
-                       + " ".join(f"{k}={v}" for k, v in opts.items()),
-                       sockopts=opts, local=local)
+            emit_connected(index, local, peer, foreign_sockopts(child.proc.pid, fd),
+                           pid=child.proc.pid)
 
     def _on_sample(self, child: Child, t: float, s: dict[str, float]) -> None:
         start = max(t - 1.0, child.last_line_t or t - 1.0)
@@ -374,19 +375,14 @@ class SysbenchDriver:
     # main loop
     def _command(self, kind: str, value: Any) -> bool:
         """A stdin item; True means stop."""
-        if kind == "eof" or (kind == "cmd" and value == "stop"):
+        if is_stop(kind, value):
             return True
-        if kind == "cmd" and value.startswith("fault "):
-            try:
-                self.fault.t = float(value.split()[1])
-            except (IndexError, ValueError):
-                self._log(f"# sysbench driver: ignoring malformed command {value!r}")
-                return False
-            self.fault.generation += 1
+        if kind == "cmd":
+            self.fault.take(value, "# sysbench driver")
         return False
 
     def run(self) -> None:
-        threading.Thread(target=_stdin_reader, args=(self.q,), name="stdin", daemon=True).start()
+        start_stdin_reader(self.q)
         self._spawn()
         while True:
             timeout = None
@@ -401,15 +397,18 @@ class SysbenchDriver:
             if kind in ("cmd", "eof"):
                 if self._command(kind, value):
                     self._exit()
-                continue
-            generation, t, payload = value
-            child = self.child
-            if child is None or generation != child.generation:
-                continue  # a line or exit of a process already replaced
-            if kind == "line":
-                self._on_line(child, t, payload)
-            elif kind == "exit":
-                self._on_exit(child, t, payload)
+            else:
+                self._on_child(kind, *value)
+
+    def _on_child(self, kind: str, generation: int, t: float, payload: Any) -> None:
+        """A line or the exit of sysbench process `generation`, seen at t."""
+        child = self.child
+        if child is None or generation != child.generation:
+            return  # a line or exit of a process already replaced
+        if kind == "line":
+            self._on_line(child, t, payload)
+        elif kind == "exit":
+            self._on_exit(child, t, payload)
 
     def _exit(self) -> NoReturn:
         """Kill sysbench (it may sit in a blackholed read) and leave."""
@@ -429,11 +428,8 @@ class SysbenchDriver:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2:
-        sys.stderr.write("usage: python -m lab.load.sysbench CONFIG_JSON\n")
-        sys.exit(2)
-    cfg = OltpConfig.model_validate(json.loads(argv[1]))
-    binary = shutil.which("sysbench")
+    cfg = parse_config(argv, OltpConfig, "lab.load.sysbench")
+    binary = find_binary("sysbench")
     if binary is None:
         sys.stderr.write("sysbench not found: run 'make setup' (installs sysbench)\n")
         sys.exit(2)

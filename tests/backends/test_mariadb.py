@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.backends import mariadb
 from lab.backends.mariadb import MariaDBServer, check_binaries, ensure_template
 from lab.errors import LabError
+from lab.net import runtime
 from lab.net.topology import Network
 
 # runs inside the client namespace: the only place a TCP client may live
@@ -99,7 +99,7 @@ def test_template_is_reused_and_restart_is_fast(network: Network) -> None:
 def test_concurrent_template_builds_share_one_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mariadb, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(runtime, "CACHE_DIR", tmp_path / "cache")  # read at call time
     results: list[Path] = []
     errors: list[BaseException] = []
 

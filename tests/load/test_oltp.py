@@ -16,14 +16,9 @@ import pytest
 from lab.backends.mariadb import MariaDBServer
 from lab.config.settings import ClientSettings, LoadSettings
 from lab.load.base import DriverProcess
-from lab.load.oltp import (
-    QUERIES_PER_TXN,
-    OltpConfig,
-    SysbenchRandom,
-    make_config,
-    p95,
-)
+from lab.load.oltp import QUERIES_PER_TXN, OltpConfig, make_config, statements
 from lab.net.topology import Network
+from lab.workload.sbtest import SysbenchRandom
 
 SYSBENCH_LINE = re.compile(
     r"^\[ (\d+)s \] thds: (\d+) tps: ([\d.]+) qps: ([\d.]+) \(r/w/o: ([\d.]+)/([\d.]+)/([\d.]+)\)"
@@ -73,17 +68,24 @@ DROP_TO_DB = """table inet lab_blackhole {
 """
 
 
-def test_sysbench_helpers() -> None:
-    rng = SysbenchRandom(1)
-    values = [rng.special(1, 1000) for _ in range(20000)]
-    assert min(values) >= 1 and max(values) <= 1000
-    hot = sum(1 for v in values if 495 <= v <= 506)  # the middle 1%
-    assert 0.70 < hot / len(values) < 0.80  # sysbench's 75% 'special' share
-    c = rng.c_value()
-    assert len(c) == 119 and re.fullmatch(r"(\d{11}-){9}\d{11}", c)
-    assert len(rng.pad_value()) == 59
-    assert p95([]) == 0.0 and p95([float(i) for i in range(1, 101)]) == 95.0
-    assert QUERIES_PER_TXN == 20
+def test_transaction_is_sysbench_oltp_read_write() -> None:
+    txn = list(statements(SysbenchRandom(3), tables=4, size=1000))
+    assert len(txn) == QUERIES_PER_TXN == 20
+    assert [cls for cls, _ in txn] == ["o"] + ["r"] * 14 + ["w"] * 4 + ["o"]
+    assert (txn[0][1], txn[-1][1]) == ("BEGIN", "COMMIT")
+    point = [sql for _, sql in txn[1:11]]
+    assert len({re.sub(r"id=\d+", "", sql) for sql in point}) == 1  # one table, 10 ids
+    ranges = [re.search(r"BETWEEN (\d+) AND (\d+)", sql) for _, sql in txn[11:15]]
+    assert all(m and int(m.group(2)) - int(m.group(1)) == 99 for m in ranges)
+    # the deleted row comes back with new values, as sysbench's DELETE + INSERT pair does
+    deleted = re.fullmatch(r"DELETE FROM (sbtest[1-4]) WHERE id=(\d+)", txn[17][1])
+    assert deleted is not None
+    assert txn[18][1].startswith(f"INSERT INTO {deleted[1]} (id, k, c, pad) VALUES "
+                                 f"({deleted[2]}, ")
+    assert txn == list(statements(SysbenchRandom(3), tables=4, size=1000))  # seeded: same
+
+
+def test_config_takes_what_the_trial_passes() -> None:
     cfg = make_config("198.18.0.2", 3306, ClientSettings(tcp_user_timeout_ms=5), LoadSettings())
     assert OltpConfig.model_validate(cfg).client.tcp_user_timeout_ms == 5
 

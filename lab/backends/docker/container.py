@@ -24,18 +24,19 @@ from typing import Any
 
 import docker.errors
 
+from lab.backends.base import Pollable, check_socket_path, wait_healthy
 from lab.backends.docker import engine as docker_engine
 from lab.backends.mariadb import (
-    UNIX_PATH_MAX,
+    SET_IDENTITY_SQL,
     MariaDBServer,
-    _connect_unix,
-    _load_sbtest,
     _server_argv,
     _wait_healthy,
+    load_sbtest,
 )
-from lab.backends.nginx import NginxServer, get_unix, render_config
+from lab.backends.nginx import NginxServer, render_config
 from lab.errors import LabError
 from lab.images import docker as docker_image
+from lab.net.process import tail
 from lab.net.topology import Host, adopt_namespace
 
 MOUNT = "/run/lab"
@@ -71,7 +72,7 @@ def resolve_image(client: docker.DockerClient, kind: str, setting: str) -> tuple
 class Container:
     """One backend's container: engine reference, start, adoption of its netns, removal.
 
-    Also what a startup wait polls (`poll()` / `returncode`, like a Popen)."""
+    Also what a startup wait watches (`alive()` / `returncode`, like a ChildProcess)."""
 
     def __init__(self, host: Host, kind: str, image: str) -> None:
         self.host = host
@@ -130,6 +131,9 @@ class Container:
         self.returncode = int(state.get("ExitCode", -1))
         return self.returncode
 
+    def alive(self) -> bool:
+        return self.poll() is None
+
     @property
     def pid(self) -> int | None:
         """The server process (the container's PID 1, seen from here); None once it exited."""
@@ -165,55 +169,57 @@ class Container:
                 docker_engine.release()
 
 
-def _check_socket_path(path: Path) -> None:
-    if len(str(path)) > UNIX_PATH_MAX:
-        raise LabError(f"unix socket path too long: {path}", "use a shorter scratch directory")
-
-
 def _wait_listening(host: Host, container: Container, port: int, log: Path,
                     timeout: float = START_TIMEOUT_S) -> None:
     """Until the server listens on *:port in its namespace (an official image's entrypoint
     first runs a socket-only server to initialise, then restarts: that one must not count)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if container.poll() is not None:
-            raise RuntimeError(f"{host.name}: container exited ({container.returncode}) during "
-                               f"startup:\n{container.logs()}\n{_tail(log)}")
+
+    def listening() -> bool:
         out = host.run(["ss", "-Hltn"], check=False).stdout
-        if any(tok.endswith(f":{port}") for line in out.splitlines() for tok in line.split()[3:4]):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{host.name}: nothing listens on port {port} after {timeout:.0f}s:\n"
-                       f"{container.logs()}\n{_tail(log)}")
+        return any(tok.endswith(f":{port}")
+                   for line in out.splitlines() for tok in line.split()[3:4])
+
+    wait_healthy(
+        listening, container, timeout, interval=0.05,
+        exited=lambda: (f"{host.name}: container exited ({container.returncode}) during "
+                        f"startup:\n{container.logs()}\n{tail(log)}"),
+        silent=lambda _: (f"{host.name}: nothing listens on port {port} after {timeout:.0f}s:"
+                          f"\n{container.logs()}\n{tail(log)}"))
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no {path})"
+class InContainer:
+    """What a backend in a container does differently from its process provider: its server
+    is the container's PID 1, a hang is `docker pause`, stop removes the container."""
+
+    provider = "docker"
+    container: Container
+    timings: dict[str, float]
+
+    @property
+    def pid(self) -> int | None:
+        return self.container.pid
+
+    def hang(self) -> str:
+        return self.container.pause()
+
+    def stop(self) -> None:
+        t0 = time.monotonic()
+        self.container.remove()
+        self.timings["stop_s"] = time.monotonic() - t0
 
 
-class DockerMariaDB(MariaDBServer):
+class DockerMariaDB(InContainer, MariaDBServer):
     """MariaDB in a container (the lab image's mariadbd, or an official mysql/mariadb image).
 
     The lab image's datadir is the one its package postinst initialised; the sbtest tables
     (what sysbench prepare makes) are loaded at each start, in the container's own layer,
     which goes away with it."""
 
-    provider = "docker"
-
     def __init__(self, host: Host, address: ipaddress.IPv4Address, *, image: str = "auto",
                  port: int = 3306, tables: int = 4, table_size: int = 1000) -> None:
         super().__init__(host, address, port=port, tables=tables, table_size=table_size)
-        self.dir = host.workdir / "mariadb-container"
-        self.socket_path = self.dir / "mysqld.sock"
-        self.error_log = self.dir / "error.log"
+        self._use_dir("mariadb-container", "mysqld.sock")
         self.container = Container(host, self.kind, image)
-
-    @property
-    def pid(self) -> int | None:
-        return self.container.pid
 
     def _argv(self, lab_image: bool) -> tuple[list[str], dict[str, str]]:
         mount = Path(MOUNT)
@@ -233,104 +239,48 @@ class DockerMariaDB(MariaDBServer):
                             "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD": "yes"}
 
     def start(self) -> None:
-        if self.container.pid is not None:
-            raise RuntimeError(f"{self.name}: container already running")
-        _check_socket_path(self.socket_path)
+        self._refuse_if_running("container")
+        check_socket_path(self.socket_path)
         t0 = time.monotonic()
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o777)  # an official image's server runs as its mysql user
         self.socket_path.unlink(missing_ok=True)
-        try:
+        with self._stopped_on_failure():
             argv, env = self._argv(self.container.open())
             self.container.run(argv, self.dir, env)
             t1 = time.monotonic()
             _wait_listening(self.host, self.container, self.port, self.error_log)
             _wait_healthy(self.container, self.socket_path, self.error_log, START_TIMEOUT_S)
             t2 = time.monotonic()
-            conn = _connect_unix(self.socket_path)
-            try:
-                _load_sbtest(conn, self.tables, self.table_size)
-            finally:
-                conn.close()
-            self.query("UPDATE sbtest.lab_identity SET name = %s WHERE id = 1", (self.name,))
-        except BaseException:
-            self.stop()
-            raise
+            load_sbtest(self.socket_path, self.tables, self.table_size)
+            self.query(SET_IDENTITY_SQL, (self.name,))
         t3 = time.monotonic()
         self.timings = {"container_s": t1 - t0, "ready_s": t2 - t1, "load_s": t3 - t2,
                         "total_s": t3 - t0}
 
-    def hang(self) -> str:
-        return self.container.pause()
 
-    def stop(self) -> None:
-        t0 = time.monotonic()
-        self.container.remove()
-        self.timings["stop_s"] = time.monotonic() - t0
-
-
-class DockerNginx(NginxServer):
+class DockerNginx(InContainer, NginxServer):
     """nginx in a container, with the process provider's config (single process, long
     keep-alive, body = the backend's name), listening on 0.0.0.0 of its namespace."""
 
-    provider = "docker"
+    start_timeout_s = START_TIMEOUT_S
+    health_interval_s = 0.02
 
     def __init__(self, host: Host, address: ipaddress.IPv4Address, *, image: str = "auto",
                  port: int = 80) -> None:
         super().__init__(host, address, port=port)
-        self.dir = host.workdir / "nginx-container"
-        self.conf = self.dir / "nginx.conf"
-        self.socket_path = self.dir / "nginx.sock"
-        self.error_log = self.dir / "error.log"
+        self._use_dir("nginx-container", "nginx.sock")
         self.container = Container(host, self.kind, image)
 
-    @property
-    def pid(self) -> int | None:
-        return self.container.pid
+    def _config(self) -> str:
+        return render_config(self.name, ipaddress.IPv4Address("0.0.0.0"), self.port,
+                             Path(MOUNT))
 
-    def start(self) -> None:
-        if self.container.pid is not None:
-            raise RuntimeError(f"{self.name}: container already running")
-        _check_socket_path(self.socket_path)
-        t0 = time.monotonic()
-        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
-        self.conf.write_text(render_config(self.name, ipaddress.IPv4Address("0.0.0.0"),
-                                           self.port, Path(MOUNT)))
-        argv = ["nginx", "-p", MOUNT, "-c", f"{MOUNT}/nginx.conf", "-e", f"{MOUNT}/error.log"]
-        try:
-            self.container.open()
-            self.container.run(argv, self.dir)
-            self._wait_answers()
-            self._check_tcp()
-        except BaseException:
-            self.stop()
-            raise
-        self.timings = {"start_s": time.monotonic() - t0}
+    def _run_server(self) -> Pollable:
+        self.container.open()
+        self.container.run(["nginx", "-p", MOUNT, "-c", f"{MOUNT}/nginx.conf",
+                            "-e", f"{MOUNT}/error.log"], self.dir)
+        return self.container
 
-    def _wait_answers(self, timeout: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.container.poll() is not None:
-                raise RuntimeError(f"{self.name}: nginx container exited "
-                                   f"({self.container.returncode}):\n{self.container.logs()}\n"
-                                   f"{_tail(self.error_log)}")
-            if self.socket_path.exists():
-                try:
-                    status, body = get_unix(self.socket_path)
-                    if status == 200 and body == self.name:
-                        return
-                    last = RuntimeError(f"answered {status} {body!r}")
-                except (OSError, ValueError, IndexError) as exc:
-                    last = exc
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.name}: nginx did not answer within {timeout:.0f}s ({last})")
-
-    def hang(self) -> str:
-        return self.container.pause()
-
-    def stop(self) -> None:
-        t0 = time.monotonic()
-        self.container.remove()
-        self.timings["stop_s"] = time.monotonic() - t0
+    def _startup_log(self) -> str:
+        return f"container logs:\n{self.container.logs()}\n{tail(self.error_log)}"

@@ -24,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import docker
 import docker.errors
 
 from lab.errors import LabError
+from lab.net.process import find_binary, tail, wait_until
 from lab.net.runtime import STATE_DIR, pid_alive, recorded_runs
 
 ENGINE_DIR = STATE_DIR / "docker"
@@ -44,7 +44,6 @@ LOG = ENGINE_DIR / "dockerd.log"
 USER_SOCKET = "unix:///var/run/docker.sock"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
-SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin:/usr/bin:/usr/local/bin"
 
 # every container the lab creates carries these labels; `lab clean` matches on LABEL_RUN
 LABEL_RUN = "blackhole-lab.run"
@@ -99,7 +98,7 @@ def private_url() -> str:
 
 
 def dockerd_binary() -> str | None:
-    return shutil.which("dockerd") or shutil.which("dockerd", path=SBIN_PATH)
+    return find_binary("dockerd")
 
 
 def _running(pid: int, comm: str) -> bool:
@@ -158,11 +157,18 @@ def _hold(held: bool) -> None:
 # --- the private daemon ------------------------------------------------------------------------
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no {path})"
+def _dockerd_argv(binary: str, config: Path) -> list[str]:
+    """The private dockerd: its own paths, its own containerd namespace, no networking."""
+    return [
+        binary, "--config-file", str(config), "-H", private_url(),
+        "--data-root", str(DATA_ROOT), "--exec-root", str(ENGINE_DIR / "exec"),
+        "--pidfile", str(PIDFILE),
+        "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
+        "--bridge=none", "--userland-proxy=false",
+        # if a system containerd is running dockerd uses it: keep our objects apart
+        "--containerd-namespace=blackhole-lab",
+        "--containerd-plugins-namespace=blackhole-lab-plugins",
+    ]
 
 
 def _start_private() -> subprocess.Popen[bytes]:
@@ -177,56 +183,49 @@ def _start_private() -> subprocess.Popen[bytes]:
     config = ENGINE_DIR / "daemon.json"
     config.write_text("{}\n")
     # shelling out: dockerd is the daemon itself, the SDK only talks to a running one
-    argv = [
-        binary, "--config-file", str(config), "-H", private_url(),
-        "--data-root", str(DATA_ROOT), "--exec-root", str(ENGINE_DIR / "exec"),
-        "--pidfile", str(PIDFILE),
-        "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
-        "--bridge=none", "--userland-proxy=false",
-        # if a system containerd is running dockerd uses it: keep our objects apart
-        "--containerd-namespace=blackhole-lab",
-        "--containerd-plugins-namespace=blackhole-lab-plugins",
-    ]
+    argv = _dockerd_argv(binary, config)
     with open(LOG, "wb") as log:
         # own session: a Ctrl-C of the lab must not stop the engine under its containers
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LabError(f"private dockerd exited with code {proc.returncode}; {LOG}:\n"
-                           f"{_tail(LOG)}", "see the log; `lab doctor` checks Docker")
-        if SOCKET.exists() and _ping(private_url()):
-            return proc
-        time.sleep(0.05)
+    if wait_until(lambda: SOCKET.exists() and _ping(private_url()), START_TIMEOUT_S,
+                  alive=lambda: proc.poll() is None):
+        return proc
+    if proc.poll() is not None:
+        raise LabError(f"private dockerd exited with code {proc.returncode}; {LOG}:\n"
+                       f"{tail(LOG)}", "see the log; `lab doctor` checks Docker")
     _stop_pid(proc.pid, proc)
     raise LabError(f"private dockerd did not answer within {START_TIMEOUT_S:.0f}s; {LOG}:\n"
-                   f"{_tail(LOG)}", "see the log")
+                   f"{tail(LOG)}", "see the log")
 
 
 def _stop_pid(pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
     """SIGTERM dockerd (it stops its containerd), SIGKILL both if it hangs."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         if proc is not None:
             proc.poll()  # reap our child, else it stays a zombie
-        if not _running(pid, "dockerd"):
-            break
-        time.sleep(0.05)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(OSError, ValueError):
-            containerd = int((ENGINE_DIR / "exec" / "containerd" / "containerd.pid").read_text())
-            if _running(containerd, "containerd"):
-                os.kill(containerd, signal.SIGKILL)
+        return not _running(pid, "dockerd")
+
+    if not wait_until(gone, STOP_TIMEOUT_S):
+        _kill_engine(pid)
     if proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
     SOCKET.unlink(missing_ok=True)
     _remove_exec_root()
+
+
+def _kill_engine(pid: int) -> None:
+    """SIGKILL a dockerd that would not stop, and its containerd (it would stay behind)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError, ValueError):
+        containerd = int((ENGINE_DIR / "exec" / "containerd" / "containerd.pid").read_text())
+        if _running(containerd, "containerd"):
+            os.kill(containerd, signal.SIGKILL)
 
 
 def _remove_exec_root() -> None:

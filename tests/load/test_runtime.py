@@ -1,0 +1,82 @@
+"""The driver runtime without a server: the sample grid, per-second rates, the stdin commands,
+the records on stdout. (The drivers against real servers: test_oltp, test_http.)"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lab.config.settings import ClientSettings, LoadSettings
+from lab.load.oltp import OltpConfig, OltpWorker, Target
+from lab.load.runtime import (
+    Clock,
+    Driver,
+    FaultMark,
+    emit_connected,
+    is_stop,
+    p95,
+    parse_config,
+)
+
+
+def test_p95_is_nearest_rank() -> None:
+    assert p95([]) == 0.0
+    assert p95([float(i) for i in range(1, 101)]) == 95.0
+    assert p95([3.0, 1.0, 2.0]) == 3.0
+
+
+def test_clock_puts_warm_up_outside_the_grid() -> None:
+    clock = Clock()
+    assert clock.index(5.0) is None  # not ready yet
+    clock.t0 = 10.0
+    assert [clock.index(t) for t in (9.99, 10.0, 10.99, 11.0, 13.5)] == [None, 0, 0, 1, 3]
+
+
+def test_fault_mark_moves_on_fault_commands_only(capsys: pytest.CaptureFixture[str]) -> None:
+    mark = FaultMark()
+    assert not mark.take("stop", "oltp")
+    assert mark.take("fault 12.5", "oltp") and (mark.t, mark.generation) == (12.5, 1)
+    assert not mark.take("fault soon", "oltp")
+    assert (mark.t, mark.generation) == (12.5, 1)  # a malformed mark leaves the last one
+    assert "oltp: ignoring malformed command 'fault soon'" in capsys.readouterr().err
+    assert mark.take("fault 20", "oltp") and (mark.t, mark.generation) == (20.0, 2)
+    assert is_stop("cmd", "stop") and is_stop("eof", None) and not is_stop("cmd", "fault 1")
+
+
+def test_samples_are_per_second_rates_of_every_worker() -> None:
+    cfg = OltpConfig(target=Target(host="198.18.0.2"), load=LoadSettings(threads=2))
+    driver = Driver(cfg, OltpWorker)
+    driver.clock.t0 = 100.0
+    first, second = driver.workers
+    first._count(99.5, r=14, w=4, o=2, txn_latency=0.010)  # warm-up: not sampled
+    first._count(100.2, r=14, w=4, o=2, txn_latency=0.004)
+    second._count(100.7, r=3, o=1, error=True)
+    second._count(101.1, reconnect=True)  # the next interval
+    sample = driver.sample(0, 101.0, 1.0)
+    assert {k: sample[k] for k in ("tps", "qps", "reads", "writes", "other", "errors",
+                                   "reconnects", "threads", "lat_p95_ms")} == {
+        "tps": 1.0, "qps": 24.0, "reads": 17.0, "writes": 4.0, "other": 3.0, "errors": 1.0,
+        "reconnects": 0.0, "threads": 2, "lat_p95_ms": 4.0}
+    partial = driver.sample(1, 101.5, 0.5)  # the last, partial interval on stop
+    assert (partial["reconnects"], partial["interval_s"]) == (2.0, 0.5)
+
+
+def test_connected_event_names_the_socket(capsys: pytest.CaptureFixture[str]) -> None:
+    emit_connected(3, "198.18.0.1:40000", "198.18.0.2:3306", {"TCP_USER_TIMEOUT": 5}, pid=42)
+    record = json.loads(capsys.readouterr().out)
+    assert (record["kind"], record["event"], record["thread"]) == ("event", "connected", 3)
+    assert record["detail"] == ("local=198.18.0.1:40000 peer=198.18.0.2:3306 pid=42 "
+                                "TCP_USER_TIMEOUT=5")
+    assert record["sockopts"] == {"TCP_USER_TIMEOUT": 5}
+
+
+def test_parse_config_validates_or_exits_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    raw = json.dumps({"target": {"host": "198.18.0.2"},
+                      "client": ClientSettings(read_timeout_s=3).model_dump(mode="json")})
+    cfg = parse_config(["oltp", raw], OltpConfig, "lab.load.oltp")
+    assert (cfg.target.port, cfg.client.read_timeout_s, cfg.load) == (3306, 3, LoadSettings())
+    with pytest.raises(SystemExit) as info:
+        parse_config(["oltp"], OltpConfig, "lab.load.oltp")
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "usage: python -m lab.load.oltp CONFIG_JSON\n"
