@@ -198,6 +198,8 @@ def run_case(case: Case) -> Outcome:
 
 
 def _measure(case: Case, net: Network, workdir: Any) -> Outcome:
+    """Server up, the drop rule ready, the capture on, the client run with the fault at its
+    moment; then the outcome from the client's own records."""
     client, router, server = net["client"], net["router"], net["server"]
     caddr, saddr = client.address_towards("router"), server.address_towards("router")
     srv = server.popen(
@@ -205,22 +207,52 @@ def _measure(case: Case, net: Network, workdir: Any) -> Outcome:
         stdout=subprocess.PIPE, text=True,
     )
     assert srv.stdout is not None and srv.stdout.readline().strip() == "listening"
+    drop = _drop_rule(router, caddr, saddr)
+    pcap = workdir / "client.pcap"
+    cap = _start_capture(client, caddr, pcap) if case.capture else None
+    if case.fault == "drop_first":
+        router.run(drop)
+    records = _run_client(case, client, saddr,
+                          fault=lambda: router.run(drop) if case.fault == "drop" else
+                          os.kill(srv.pid, signal.SIGSTOP))  # netns exec execs: the server's pid
+    if case.fault == "stop":
+        os.kill(srv.pid, signal.SIGCONT)
+    sends = _stop_capture(cap, pcap) if cap is not None else []
+    return _outcome(case, records, sends)
+
+
+def _drop_rule(router: Any, caddr: Any, saddr: Any) -> list[str]:
+    """An empty forward chain in the router now, and the command that drops client->server."""
     router.run(["nft", "-f", "-"], input=(
         "table ip probe {\n chain forward_probe {\n"
         "  type filter hook forward priority 0; policy accept;\n }\n}\n"
     ))
-    drop = ["nft", "add", "rule", "ip", "probe", "forward_probe", "ip", "saddr", str(caddr),
+    return ["nft", "add", "rule", "ip", "probe", "forward_probe", "ip", "saddr", str(caddr),
             "ip", "daddr", str(saddr), "tcp", "dport", str(PORT), "drop"]
-    cap = None
-    pcap = workdir / "client.pcap"
-    if case.capture:
-        cap = client.popen(["tcpdump", "-i", "to-router", "-n", "-U", "-w", str(pcap),
-                            f"tcp and src host {caddr} and dst port {PORT}"],
-                           stderr=subprocess.PIPE, text=True)
-        assert cap.stderr is not None
-        cap.stderr.readline()  # "listening on to-router ..."
-    if case.fault == "drop_first":
-        router.run(drop)
+
+
+def _start_capture(client: Any, caddr: Any, pcap: Any) -> subprocess.Popen[str]:
+    cap = client.popen(["tcpdump", "-i", "to-router", "-n", "-U", "-w", str(pcap),
+                        f"tcp and src host {caddr} and dst port {PORT}"],
+                       stderr=subprocess.PIPE, text=True)
+    assert cap.stderr is not None
+    cap.stderr.readline()  # "listening on to-router ..."
+    return cap
+
+
+def _stop_capture(cap: subprocess.Popen[str], pcap: Any) -> list[float]:
+    """The client's transmissions of the request, from the pcap."""
+    time.sleep(0.2)
+    cap.send_signal(signal.SIGINT)
+    cap.wait(10)
+    text = subprocess.run(["tcpdump", "-r", str(pcap), "-n", "-tt"],
+                          capture_output=True, text=True).stdout
+    return parse_sends(text)
+
+
+def _run_client(case: Case, client: Any, saddr: Any, fault: Callable[[], object]
+                ) -> list[dict[str, Any]]:
+    """The probe client until it exits; `fault` 0.5 s after it is ready (unless drop_first)."""
     predicted = case.predict(model.DEFAULT_RTO_S)
     cfg = {"host": str(saddr), "port": PORT, "max_s": (predicted or 5.0) + 15.0, **case.probe}
     cli = client.popen([sys.executable, str(PROBE / "tcp_client.py"), json.dumps(cfg)],
@@ -242,25 +274,17 @@ def _measure(case: Case, net: Network, workdir: Any) -> Outcome:
     if case.fault != "drop_first":
         assert ready.wait(10), f"{case.name}: client never became ready: {records}"
         time.sleep(0.5)
-        if case.fault == "drop":
-            router.run(drop)
-        else:
-            os.kill(srv.pid, signal.SIGSTOP)  # ip netns exec execs: the pid is the server's
+        fault()
     try:
         cli.wait(timeout=cfg["max_s"] + 10)
     except subprocess.TimeoutExpired:
         cli.kill()
     reader.join(5)
-    if case.fault == "stop":
-        os.kill(srv.pid, signal.SIGCONT)
-    sends: list[float] = []
-    if cap is not None:
-        time.sleep(0.2)
-        cap.send_signal(signal.SIGINT)
-        cap.wait(10)
-        text = subprocess.run(["tcpdump", "-r", str(pcap), "-n", "-tt"],
-                              capture_output=True, text=True).stdout
-        sends = parse_sends(text)
+    return records
+
+
+def _outcome(case: Case, records: list[dict[str, Any]], sends: list[float]) -> Outcome:
+    """The first error, timed from the request's send or from the last answer (case.since)."""
     rto = next((r["rto_us"] for r in records if r["ev"] == "ok"), None)
     errors = [r for r in records if r["ev"] == "error"]
     measured, error = None, "none"
