@@ -188,6 +188,7 @@ class ConntrackSnapshots:
             self._file.flush()
         return conns
 
+    # close-and-forget, the shape of load.runtime.Worker._drop_connection: two layers, one idiom
     def _close_ct(self) -> None:
         if self._ct is not None:
             with contextlib.suppress(Exception):

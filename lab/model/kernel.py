@@ -218,6 +218,8 @@ def retransmission_times(
     return list(plan.sends[1 : n + 1])
 
 
+# the same keyword set as retransmit_plan, which it calls: the kernel's knobs, spelled out so
+# each caller can name the one it turns
 def rto_abort_time(
     retries2: int,
     rto_s: float = DEFAULT_RTO_S,
