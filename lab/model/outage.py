@@ -27,6 +27,7 @@ from lab.model.kernel import (
     tcp_model_timeout,
 )
 from lab.model.path import Path, PathState
+
 # shared with proxy.py, the other model that builds Predictions (the lists repeat by design)
 from lab.model.prediction import (
     DEFAULT_RECONNECT_S,

@@ -21,6 +21,7 @@ import math
 
 from lab.config.settings import LbSettings, TrialSettings
 from lab.model.kernel import TCP_RETRIES2, rto_abort_time
+
 # the same helpers as outage.py (an import list, not a copy of logic): both models build
 # their Predictions from them
 from lab.model.prediction import (
