@@ -44,9 +44,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lab.config.settings import ClientSettings, LoadSettings
 from lab.load.runtime import (
-    RECONNECT_PAUSE_S as RECONNECT_PAUSE_S,  # the model checks its copy against this one
-)
-from lab.load.runtime import (
     BaseConfig,
     Clock,
     FaultMark,

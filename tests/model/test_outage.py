@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from lab import model
 from lab.config.settings import ClientSettings, FaultSettings, LoadSettings, TrialSettings
-from lab.load import oltp
+from lab.load import runtime
 from tests.model.cases import KA, R3, check_prediction, client_st, load_st, trial
 
 PREDICT_CASES: list[tuple[str, TrialSettings, str, float | None]] = [
@@ -133,7 +133,7 @@ def test_each_failed_connect_costs_the_driver_its_setup() -> None:
     assert detect is not None
     each = model.syn_abort_time(1) + model.CONNECT_ATTEMPT_COST_S["oltp"]
     assert p.outage_s == pytest.approx(detect + 2 * each + model.DEFAULT_RECONNECT_S)
-    assert model.RECONNECT_PAUSE_S == oltp.RECONNECT_PAUSE_S
+    assert model.RECONNECT_PAUSE_S == runtime.RECONNECT_PAUSE_S
 
 
 @settings(max_examples=40, deadline=None)
