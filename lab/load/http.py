@@ -28,9 +28,7 @@ from __future__ import annotations
 import http.client
 import sys
 import time
-from typing import Any
 
-from lab.config.settings import ClientSettings, LoadSettings
 from lab.load import runtime
 from lab.load.oltp import OltpConfig, Target
 
@@ -46,13 +44,6 @@ class HttpConfig(OltpConfig):
     """The CONFIG_JSON argument: the same shape as oltp's (target, client, load)."""
 
     target: HttpTarget
-
-
-def make_config(host: str, port: int, client: ClientSettings, load: LoadSettings,
-                path: str = "/") -> dict[str, Any]:
-    """Trial side: the config dict for DriverProcess(host, "lab.load.http", config, ...)."""
-    return HttpConfig(target=HttpTarget(host=host, port=port, path=path), client=client,
-                      load=load).model_dump(mode="json")
 
 
 class _Connection(http.client.HTTPConnection):

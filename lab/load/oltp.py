@@ -37,12 +37,10 @@ import contextlib
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pymysql
 from pydantic import BaseModel, ConfigDict, Field
 
-from lab.config.settings import ClientSettings, LoadSettings
 from lab.load.runtime import (
     BaseConfig,
     Clock,
@@ -91,15 +89,6 @@ class OltpConfig(BaseConfig):
     """The CONFIG_JSON argument (see lab.load.base for how the trial passes it)."""
 
     target: Target
-
-
-def make_config(
-    host: str, port: int, client: ClientSettings, load: LoadSettings
-) -> dict[str, Any]:
-    """Trial side: the config dict for DriverProcess(host, "lab.load.oltp", config, ...)."""
-    return OltpConfig(target=Target(host=host, port=port), client=client, load=load).model_dump(
-        mode="json"
-    )
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import pytest
 
 from lab.backends.nginx import NginxServer
 from lab.config.settings import ClientSettings, LoadSettings
+from lab.load import driver_config
 from lab.load.base import DriverProcess
-from lab.load.http import HttpConfig, make_config
+from lab.load.http import HttpConfig
 from lab.net.topology import Network
 
 SYSBENCH_LINE = re.compile(
@@ -30,8 +31,9 @@ def test_config_takes_what_the_trial_passes() -> None:
                                                 "path": "/"},
                                      "client": {"read_timeout_s": 2}, "load": {"threads": 3}})
     assert (cfg.target.port, cfg.target.path, cfg.load.threads) == (3001, "/", 3)
-    again = HttpConfig.model_validate(make_config("10.0.0.1", 80, ClientSettings(),
-                                                  LoadSettings(driver="http")))
+    again = HttpConfig.model_validate(driver_config(
+        "http", "10.0.0.1", 80, {"path": "/"}, ClientSettings().model_dump(),
+        LoadSettings(driver="http").model_dump()).config)
     assert again.target.host == "10.0.0.1" and again.load.driver == "http"
 
 
@@ -48,9 +50,11 @@ def server(network: Network) -> Iterator[NginxServer]:
 
 def start_driver(network: Network, server: NginxServer, tmp_path: Path, client: ClientSettings,
                  threads: int = 1) -> DriverProcess:
-    config = make_config(str(server.address), server.port, client,
-                         LoadSettings(driver="http", threads=threads))
-    driver = DriverProcess(network["client"], "lab.load.http", config, tmp_path / "driver.log")
+    config = driver_config("http", str(server.address), server.port, server.client_params(),
+                           client.model_dump(),
+                           LoadSettings(driver="http", threads=threads).model_dump())
+    driver = DriverProcess(network["client"], config.module, config.config,
+                           tmp_path / "driver.log")
     driver.wait_ready(15)
     return driver
 

@@ -15,8 +15,9 @@ import pytest
 
 from lab.backends.mariadb import MariaDBServer
 from lab.config.settings import ClientSettings, LoadSettings
+from lab.load import driver_config
 from lab.load.base import DriverProcess
-from lab.load.oltp import QUERIES_PER_TXN, OltpConfig, make_config, statements
+from lab.load.oltp import QUERIES_PER_TXN, OltpConfig, statements
 from lab.net.topology import Network
 from lab.workload.sbtest import SysbenchRandom
 
@@ -38,8 +39,10 @@ def server(network: Network) -> Iterator[MariaDBServer]:
 
 def start_driver(network: Network, server: MariaDBServer, tmp_path: Path,
                  client: ClientSettings, load: LoadSettings | None = None) -> DriverProcess:
-    config = make_config(str(server.address), server.port, client, load or LoadSettings())
-    driver = DriverProcess(network["client"], "lab.load.oltp", config, tmp_path / "driver.log")
+    config = driver_config("oltp", str(server.address), server.port, server.client_params(),
+                           client.model_dump(), (load or LoadSettings()).model_dump())
+    driver = DriverProcess(network["client"], config.module, config.config,
+                           tmp_path / "driver.log")
     driver.wait_ready(15)
     return driver
 
@@ -86,8 +89,10 @@ def test_transaction_is_sysbench_oltp_read_write() -> None:
 
 
 def test_config_takes_what_the_trial_passes() -> None:
-    cfg = make_config("198.18.0.2", 3306, ClientSettings(tcp_user_timeout_ms=5), LoadSettings())
-    assert OltpConfig.model_validate(cfg).client.tcp_user_timeout_ms == 5
+    cfg = driver_config("oltp", "198.18.0.2", 3306, {"user": "sbtest"},
+                        ClientSettings(tcp_user_timeout_ms=5).model_dump(),
+                        LoadSettings().model_dump())
+    assert OltpConfig.model_validate(cfg.config).client.tcp_user_timeout_ms == 5
 
 
 # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT, ER_DUP_ENTRY, ER_CHECKREAD
