@@ -1,0 +1,23 @@
+"""The `lab` command. Its entry point installs the stop signals before it imports anything
+heavy (rich, matplotlib, pydantic take seconds on a busy machine), so a Ctrl-C at any moment,
+start-up included, is one line and exit 130, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        from lab.cli import signals
+        signals.install()
+        from lab.cli.main import main as run  # the heavy imports
+        return run(argv)
+    except KeyboardInterrupt:
+        print("lab: interrupted before anything was built", file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        if "lab.cli.signals" in sys.modules:
+            sys.modules["lab.cli.signals"].settle()

@@ -1,5 +1,5 @@
 """`python -m lab.cli`: the same entry point as the `lab` command."""
 
-from lab.cli.main import main
+from lab.cli import main
 
 raise SystemExit(main())

@@ -9,33 +9,38 @@
     lab image build          the docker provider's offline image (idempotent)
     lab tm plan|predict|fit  the traffic manager's logic on a state file
     lab vm build|test|run    the lab inside a VM with real IPVS (make vm-test)
+
+Exit codes (a CI can gate on them):
+    0  every trial ran and agrees with the model (lab compare: no regression)
+    1  the lab failed: a trial could not be built or run (see its error.txt);
+       lab compare: a regression
+    2  bad input: a scenario, a --set, an option, or a host that cannot run it (one line)
+    3  a trial disagrees with the model, or did not recover when it should have
+  130  interrupted (Ctrl-C, SIGTERM): everything the run created was removed
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import sys
+import math
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from lab.cli.output import PlainPrinter, console, emit, say, warn
 from lab.config import scenario
 from lab.errors import LabError
-from lab.experiment import report
-from lab.experiment.matrix import DEFAULT_PARALLEL, MatrixRun, new_run_dir
+from lab.experiment import preflight, report, rundir
+from lab.experiment.matrix import DEFAULT_PARALLEL, MatrixRun
 from lab.experiment.trial import TrialStatus
+from lab.net.runtime import MAX_SLOTS
 from lab.ops import cleanup, doctor
 
-# piped (make reproduce > log, CI): wide enough that the summary table stays one line a trial
-console = Console() if sys.stdout.isatty() else Console(width=170)
+OK, LAB_FAILED, BAD_INPUT, MISMATCH, INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _fmt(x: Any, unit: str = "s") -> str:
@@ -80,27 +85,16 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
 
 
 def _run_dir(args: argparse.Namespace, scen: scenario.Scenario) -> Path:
-    """The run's results folder: a new one under --out, or the --resume one (must exist)."""
+    """The run's results folder: a new one under --out, or the --resume one, which must be a
+    run of this same scenario and settings (checked again under its lock by MatrixRun)."""
     if not args.resume:
-        return new_run_dir(Path(args.out), scen.name)
+        return rundir.new_run_dir(Path(args.out), scen.name)
     run_dir = Path(args.resume)
-    if not run_dir.is_dir():
-        raise LabError(f"--resume {run_dir}: no such run directory", "give a results/<run>")
+    if not run_dir.is_dir() or rundir.recorded(run_dir) is None:
+        raise LabError(f"--resume {run_dir}: no such run directory (no run.json)",
+                       "give a results/<run> directory that 'lab run' made")
+    rundir.check_resume(run_dir, scen)
     return run_dir
-
-
-def _plain_printer(every_s: float) -> Callable[[str], None]:
-    """Print a trial's report lines, at most one per `every_s` per trial (piped output)."""
-    last_print: dict[str, float] = {}
-
-    def on_line(line: str) -> None:
-        name = line.split(":", 1)[0]
-        now = time.monotonic()
-        if now - last_print.get(name, 0.0) >= every_s:
-            last_print[name] = now
-            print(line, flush=True)
-
-    return on_line
 
 
 def _run_live(matrix: MatrixRun) -> list[dict[str, Any]]:
@@ -124,27 +118,47 @@ def _run_live(matrix: MatrixRun) -> list[dict[str, Any]]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     scen = scenario.load(Path(args.scenario), args.set)
+    preflight.check(scen.trials)  # once per run, before anything is built
     run_dir = _run_dir(args, scen)
     interactive = console.is_terminal and not args.plain
-    on_line = (lambda line: None) if interactive else _plain_printer(args.every)
-    matrix = MatrixRun(scen, run_dir, parallel=args.parallel, on_line=on_line)
-    console.print(
-        f"run {run_dir} ({len(scen.trials)} trial(s), up to {args.parallel} side by side)"
-    )
-    rows = _run_live(matrix) if interactive else matrix.run()
-    console.print(summary_table(rows))
-    console.print(f"results: {run_dir}/summary.csv")
+    printer = None if interactive else PlainPrinter(args.every)
+    matrix = MatrixRun(scen, run_dir, parallel=args.parallel, on_line=printer)
+    say(f"run {run_dir} ({len(scen.trials)} trial(s), up to {args.parallel} side by side)")
+    try:
+        rows = _run_live(matrix) if interactive else matrix.run()
+    finally:
+        if printer is not None:
+            printer.close()
+    _print_outcome(matrix, rows)
+    return run_exit_code(matrix, rows)
+
+
+def _print_outcome(matrix: MatrixRun, rows: list[dict[str, Any]]) -> None:
+    run_dir = matrix.run_dir
+    say(summary_table(rows))
+    if (run_dir / "summary.csv").exists():
+        say(f"results: {run_dir}/summary.csv")
+    else:
+        warn(f"lab: no trial finished, so {run_dir} has no summary.csv")
     for name, err in matrix.failures.items():
-        console.print(f"[red]trial {name} failed:[/red] {err} (see {run_dir / name / 'error.txt'})")
-    return 1 if matrix.failures else 0
+        warn(f"lab: trial {name} failed: {err} (see {run_dir / name / 'error.txt'})")
+
+
+def run_exit_code(matrix: MatrixRun, rows: list[dict[str, Any]]) -> int:
+    """1 when a trial failed to run, else 3 when one disagrees with the model, else 0."""
+    if matrix.failures:
+        return LAB_FAILED
+    if any(str(r.get("verdict", "")).startswith("MISMATCH") for r in rows):
+        return MISMATCH
+    return OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     rows = report.read_run(run_dir)
-    console.print(summary_table(rows))
+    say(summary_table(rows))
     for path in report.make_report(run_dir):
-        console.print(f"wrote {path}")
+        say(f"wrote {path}")
     return 0
 
 
@@ -158,26 +172,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for c in changes:
         table.add_row(c.trial, c.metric, _fmt(c.a, ""), _fmt(c.b, ""), _fmt(c.delta, ""),
                       "[red]REGRESSION[/red]" if c.regression else "")
-    console.print(table)
+    say(table)
     for note in notes:
-        console.print(note)
+        say(note)
     bad = [c for c in changes if c.regression]
-    console.print(f"{len(bad)} regression(s) in {args.metric}")
-    return 1 if bad else 0
+    say(f"{len(bad)} regression(s) in {args.metric}")
+    return LAB_FAILED if bad else OK
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from lab.config.settings import TrialSettings
     for key, value in TrialSettings().flat().items():
-        print(f"{key} = {value!r}")
+        emit(f"{key} = {value!r}")
     return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
     removed = cleanup.clean(include_live=args.all)
     for line in removed:
-        print(line)
-    print(f"lab clean: removed {len(removed)} leftover(s)")
+        emit(line)
+    emit(f"lab clean: removed {len(removed)} leftover(s)")
     return 0
 
 
@@ -188,8 +202,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         table.add_column(col)
     for c in checks:
         table.add_row(c.name, "ok" if c.ok else ("missing" if c.required else "no"), c.detail)
-    console.print(table)
-    return 0 if all(c.ok for c in checks if c.required) else 1
+    say(table)
+    return OK if all(c.ok for c in checks if c.required) else LAB_FAILED
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -198,8 +212,29 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     from lab.images import docker as docker_image
     with docker_engine.engine() as eng:
         report_ = docker_image.build(eng.client, mirror=args.mirror)
-    print(report_.line())
+    emit(report_.line())
     return 0
+
+
+def _parallel(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_SLOTS:
+        raise argparse.ArgumentTypeError(f"{value} is not in 1..{MAX_SLOTS} (one address "
+                                         "slot per trial)")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
+    return value
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -209,10 +244,10 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="override a setting in every trial (see 'lab keys')")
     run.add_argument("--out", default="results", help="results root (default: results)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
-    run.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
-                     help="trials side by side")
+    run.add_argument("--parallel", type=_parallel, default=DEFAULT_PARALLEL,
+                     help=f"trials side by side (1-{MAX_SLOTS})")
     run.add_argument("--plain", action="store_true", help="no live view; print report lines")
-    run.add_argument("--every", type=float, default=1.0,
+    run.add_argument("--every", type=_non_negative, default=1.0,
                      help="with --plain: seconds between report lines per trial")
     run.set_defaults(func=cmd_run)
 
@@ -228,8 +263,10 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     cmp_.add_argument("run_b")
     cmp_.add_argument("--metric", default="measured_outage_s", choices=report.COMPARED,
                       help="the metric that gates (exit 1 when it regresses)")
-    cmp_.add_argument("--rel-tol", type=float, default=0.10, help="relative tolerance")
-    cmp_.add_argument("--abs-tol", type=float, default=0.5, help="absolute tolerance")
+    cmp_.add_argument("--rel-tol", type=_non_negative, default=0.10,
+                      help="relative tolerance")
+    cmp_.add_argument("--abs-tol", type=_non_negative, default=0.5,
+                      help="absolute tolerance")
     cmp_.set_defaults(func=cmd_compare)
 
 
@@ -253,7 +290,11 @@ def _add_host(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lab", description=__doc__.splitlines()[0])
+    assert __doc__ is not None
+    parser = argparse.ArgumentParser(
+        prog="lab", description=__doc__.splitlines()[0],
+        epilog=__doc__[__doc__.index("Exit codes"):],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_results(sub)
@@ -266,32 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def _plain_signals_in_forked_child() -> None:
-    """A forked helper (pyroute2 forks one per IPRoute(netns=...) and ends it with SIGTERM)
-    must die of SIGTERM, not raise KeyboardInterrupt into a copy of the lab's threads, where
-    it would hang for ever and its parent with it; and it leaves Ctrl-C to the parent, which
-    tears everything down and stops its helpers."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _sigterm)
-    os.register_at_fork(after_in_child=_plain_signals_in_forked_child)
+    """Run one command; the stop signals are installed by the entry point (lab.cli)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except LabError as exc:
-        print(f"lab: {exc}", file=sys.stderr)
-        return 2
+        warn(f"lab: {exc}")
+        return BAD_INPUT
     except KeyboardInterrupt:
-        print("lab: interrupted; everything the run created was removed", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        warn("lab: interrupted; everything the run created was removed")
+        return INTERRUPTED

@@ -200,7 +200,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_live(args: argparse.Namespace) -> int:
     """Run a live scenario (and its no-controller comparison if it asks), print the bars."""
-    from lab.experiment.matrix import new_run_dir
+    from lab.experiment.rundir import new_run_dir
     from lab.tm.live import report, runner, scenario
     # (lab.cli.main makes pyroute2's forked helpers die of SIGTERM, see there)
     scen = scenario.load(args.scenario)

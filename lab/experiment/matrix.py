@@ -18,25 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from lab.config.scenario import Scenario
-from lab.experiment import results
+from lab.experiment import results, rundir
 from lab.experiment.trial import Interrupted, TrialStatus, run_trial
 
 DEFAULT_PARALLEL = 8
-
-
-def new_run_dir(root: Path, scenario_name: str) -> Path:
-    """A new results/<UTC stamp>-<scenario> directory; a run started in the same second as
-    another gets -2, -3, ... (mkdir is the claim, so two processes never share one)."""
-    root.mkdir(parents=True, exist_ok=True)
-    base = f"{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{scenario_name}"
-    path, n = root / base, 1
-    while True:
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
-            path = root / f"{base}-{n}"
 
 
 class MatrixRun:
@@ -74,13 +59,29 @@ class MatrixRun:
         except Exception as exc:
             status.phase = "failed"
             self.failures[settings.name] = f"{type(exc).__name__}: {exc}"
+            trial_dir.mkdir(parents=True, exist_ok=True)
             (trial_dir / "error.txt").write_text(traceback.format_exc())
             return
         self.rows[settings.name] = results.write_trial(result, trial_dir)
 
     def run(self) -> list[dict[str, Any]]:
-        """Run (or resume) the matrix; returns summary rows in scenario order."""
+        """Run (or resume) the matrix; returns summary rows in scenario order.
+
+        The run dir is held (rundir.RunDirLock) from before run.json is read until the
+        summary is written, and a resume must be of the same scenario and settings."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        with rundir.RunDirLock(self.run_dir):
+            rundir.check_resume(self.run_dir, self.scenario)
+            todo = self._resume()
+            self._write_run_json()
+            self._run_all(todo)
+            rows = [self.rows[t.name] for t in self.scenario.trials if t.name in self.rows]
+            results.write_summary(self.run_dir, rows)
+            self._write_run_json(ended=True)
+        return rows
+
+    def _resume(self) -> list[int]:
+        """Take the rows of trials an earlier run of this dir finished; the rest, to run."""
         todo = []
         for i, t in enumerate(self.scenario.trials):
             row = results.finished_row(self.run_dir / t.name)
@@ -90,11 +91,22 @@ class MatrixRun:
                 self.resumed.append(t.name)
             else:
                 todo.append(i)
-        started = datetime.now(UTC).isoformat()
+        return todo
+
+    def _write_run_json(self, ended: bool = False) -> None:
+        path = self.run_dir / rundir.RUN_JSON
+        if ended:
+            data = json.loads(path.read_text())
+            data.update({"ended": datetime.now(UTC).isoformat(), "failures": self.failures})
+            path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+            return
         results.write_run(self.run_dir, self.scenario.source, {
-            "scenario_name": self.scenario.name, "started": started, "host": results.host_facts(),
+            "scenario_name": self.scenario.name, **rundir.identity(self.scenario),
+            "started": datetime.now(UTC).isoformat(), "host": results.host_facts(),
             "trials": [t.name for t in self.scenario.trials], "resumed": self.resumed,
         })
+
+    def _run_all(self, todo: list[int]) -> None:
         pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="trial")
         futures: list[Future[None]] = [pool.submit(self._run_one, i) for i in todo]
         try:
@@ -105,9 +117,3 @@ class MatrixRun:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        rows = [self.rows[t.name] for t in self.scenario.trials if t.name in self.rows]
-        results.write_summary(self.run_dir, rows)
-        run_json = json.loads((self.run_dir / "run.json").read_text())
-        run_json.update({"ended": datetime.now(UTC).isoformat(), "failures": self.failures})
-        (self.run_dir / "run.json").write_text(json.dumps(run_json, indent=2, default=str) + "\n")
-        return rows

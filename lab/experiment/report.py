@@ -270,6 +270,9 @@ def compare(
         raise LabError(f"unknown metric {metric!r}", f"use one of {', '.join(COMPARED)}")
     a_rows = {r["trial"]: r for r in read_run(run_a)}
     b_rows = {r["trial"]: r for r in read_run(run_b)}
+    if not set(a_rows) & set(b_rows):
+        raise LabError(f"{run_a} and {run_b} share no trial, so there is nothing to compare",
+                       "compare two runs of the same scenario")
     notes = [f"trial {t} only in {run_a}" for t in a_rows if t not in b_rows]
     notes += [f"trial {t} only in {run_b}" for t in b_rows if t not in a_rows]
     changes = []

@@ -114,11 +114,13 @@ def summary_row(result: TrialResult) -> dict[str, Any]:
 
 
 def write_summary(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """summary.csv, one row per finished trial; the columns of every row (a row resumed from
+    an older lab may lack one the newer rows have: it stays empty there)."""
     if not rows:
         return
-    columns = list(rows[0])
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     with open(run_dir / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
+        w = csv.DictWriter(f, fieldnames=columns, restval="")
         w.writeheader()
         w.writerows(rows)
 

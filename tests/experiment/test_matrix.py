@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lab.config import scenario
-from lab.experiment.matrix import MatrixRun, new_run_dir
+from lab.experiment.matrix import MatrixRun
+from lab.experiment.rundir import new_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

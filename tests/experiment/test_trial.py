@@ -7,12 +7,11 @@ the interruption tests run `lab run` as a user would and interrupt it.
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,44 +21,14 @@ from lab.config.settings import TrialSettings
 from lab.experiment import faults
 from lab.experiment.matrix import MatrixRun
 from lab.experiment.trial import run_trial
-from lab.net import runtime
+from tests.leftovers import (
+    as_from_a_background_script,
+    as_from_a_terminal,
+    leftovers,
+    snapshot,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_NAMES = ("mariadbd", "mysqld")
-
-
-def snapshot() -> tuple[set[str], set[str]]:
-    """The lab's namespaces and the server processes that exist now."""
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    procs = subprocess.run(["pgrep", "-a", "-x", "|".join(SERVER_NAMES)], capture_output=True,
-                           text=True).stdout
-    return ({n.split()[0] for n in ns.splitlines() if n.startswith("bhl-")},
-            set(procs.strip().splitlines()))
-
-
-def leftovers(before: tuple[set[str], set[str]], mine: int | None = None) -> tuple[str, str]:
-    """What exists now and did not before, less what other live runs own: so a user's own
-    lab run beside the tests (its namespaces and servers, even ones started since `before`)
-    is not taken for a leak. `mine`: the pid of a `lab` the test started. A server counts
-    only if it is a lab run's (its files in a run's bhl-* scratch dir or in the lab's cache):
-    another test's server, with files of its own elsewhere, is not this trial's leak."""
-    ns, procs = snapshot()
-    others = runtime.live_runs((os.getpid(), mine))
-    prefixes = tuple(f"{runtime.NS_PREFIX}{r['run_id']}-" for r in others)
-    dirs = [str(r["workdir"]) for r in others]
-    labs = ("/bhl-", str(runtime.CACHE_DIR))
-    return ("\n".join(sorted(n for n in ns - before[0] if not n.startswith(prefixes))),
-            "\n".join(sorted(p for p in procs - before[1]
-                             if any(d in p for d in labs) and not any(d in p for d in dirs))))
-
-
-def as_from_a_terminal() -> None:
-    """SIGINT back to its default in the child, as Ctrl-C finds a foreground process: a
-    launcher that ran the tests in the background (`cmd &` without job control) leaves it
-    ignored, and Python keeps an ignored SIGINT (2026-12-03: lab ran on, exit 0)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def host_sysctls() -> dict[str, str]:
     keys = ("net.ipv4.tcp_retries2", "net.ipv4.ip_forward", "net.ipv4.tcp_keepalive_time",
             "net.ipv4.tcp_syn_retries")
@@ -137,21 +106,26 @@ def test_expire_nodest_conn_recovers_fast(
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_mid_trial_tears_everything_down(tmp_path: Path, signum: int) -> None:
+@pytest.mark.parametrize(("signum", "started"), [
+    (signal.SIGINT, as_from_a_terminal), (signal.SIGTERM, as_from_a_terminal),
+    (signal.SIGINT, as_from_a_background_script),
+], ids=["SIGINT", "SIGTERM", "SIGINT-background"])
+def test_interrupt_mid_trial_tears_everything_down(
+    tmp_path: Path, signum: int, started: Callable[[], None]
+) -> None:
     before = host_sysctls()
     existing = snapshot()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lab.cli", "run", str(ROOT / "scenarios" / "ci-short.toml"),
          "--set", "client.tcp_retries2=15", "--out", str(tmp_path), "--plain"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=started)
     time.sleep(12)  # well into the outage (fault at 5 s after load start)
     assert proc.poll() is None, proc.communicate()
     assert leftovers(existing, proc.pid)[0], "expected the running trial's namespaces"
     proc.send_signal(signum)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert "interrupted" in err and "Traceback" not in err, err
     assert leftovers(existing) == ("", ""), f"{signum!r} left namespaces or servers behind"
     assert host_sysctls() == before
 

@@ -1,0 +1,86 @@
+"""Preflight: what a run needs from this host, checked once before anything is built.
+
+Without it each trial finds out for itself, inside its build: not root fails every trial of a
+matrix with the same error, `lb.engine = "ipvs"` on a kernel without IP_VS fails after the
+namespaces exist, `latency_ms` without sch_netem after four namespaces and two servers. Here
+each need is checked once per run (trials that share it share the check) and the first one
+missing is one LabError naming the trial that needs it and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from lab import lb
+from lab.config.settings import TrialSettings
+from lab.errors import LabError
+from lab.net.capabilities import netem_available
+from lab.net.process import require_binary
+
+Check = Callable[[], None]
+
+
+def _root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, nftables)", "run it with sudo")
+
+
+def _netem() -> None:
+    ok, detail = netem_available()
+    if not ok:
+        raise LabError(f"latency_ms needs sch_netem: {detail}",
+                       "drop latency_ms, or run the lab in the VM ('make vm-test')")
+
+
+def _engine(name: str) -> Check:
+    def check() -> None:
+        lb.choose_engine(name)  # a LabError when this kernel or host cannot run it
+    return check
+
+
+def _binary(name: str, package: str) -> Check:
+    def check() -> None:
+        require_binary(name, package)
+    return check
+
+
+def _docker() -> None:
+    from lab.backends.docker import engine  # only then: it imports the docker SDK
+    usable, detail = engine.status()
+    if not usable:
+        raise LabError(f"provider 'docker': {detail}", "install docker.io ('make setup') "
+                       "or use provider = \"process\"")
+
+
+def needs(trial: TrialSettings) -> Iterator[tuple[str, Check]]:
+    """(key, check) for everything `trial` needs; equal keys are one check."""
+    yield "ip", _binary("ip", "iproute2")
+    yield "nft", _binary("nft", "nftables")  # the nft engine and every link fault
+    yield f"engine {trial.lb.engine}", _engine(trial.lb.engine)
+    if trial.provider == "docker":
+        yield "docker", _docker
+    elif trial.backend == "mariadb":
+        yield "mariadbd", _binary("mariadbd", "mariadb-server")
+        yield "mariadb-install-db", _binary("mariadb-install-db", "mariadb-server")
+    else:
+        yield "nginx", _binary("nginx", "nginx-light")
+    if trial.load.driver == "sysbench":
+        yield "sysbench", _binary("sysbench", "sysbench")
+    if trial.latency_ms is not None:
+        yield "netem", _netem
+
+
+def check(trials: list[TrialSettings]) -> None:
+    """Raise the first unmet need of any trial, naming that trial; root comes first."""
+    _root()
+    done: set[str] = set()
+    for trial in trials:
+        for key, need in needs(trial):
+            if key in done:
+                continue
+            try:
+                need()
+            except LabError as exc:
+                raise LabError(f"trial {trial.name!r}: {exc.problem}", exc.fix) from None
+            done.add(key)

@@ -1,0 +1,67 @@
+"""The host is checked once per run, before anything is built; the first unmet need is one
+line naming the trial that needs it and the fix (issue 13, point 1)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from lab import lb
+from lab.config.settings import TrialSettings
+from lab.errors import LabError
+from lab.experiment import preflight
+from lab.net.capabilities import netem_available
+
+
+def trial(**data: Any) -> TrialSettings:
+    return TrialSettings.model_validate({"name": "t1", **data})
+
+
+def namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines()}
+
+
+def test_needs_follow_the_settings() -> None:
+    assert [k for k, _ in preflight.needs(trial())] == [
+        "ip", "nft", "engine auto", "mariadbd", "mariadb-install-db"]
+    keys = [k for k, _ in preflight.needs(trial(
+        backend="nginx", load={"driver": "http"}, latency_ms=10, lb={"engine": "proxy"}))]
+    assert keys == ["ip", "nft", "engine proxy", "nginx", "netem"]
+    assert "sysbench" in dict(preflight.needs(trial(load={"driver": "sysbench"})))
+    assert "docker" in dict(preflight.needs(trial(provider="docker")))
+
+
+@pytest.mark.root
+def test_what_this_host_has_passes() -> None:
+    preflight.check([trial(), trial(name="t2", backend="nginx", load={"driver": "http"})])
+
+
+@pytest.mark.root
+@pytest.mark.skipif(lb.kernel_has_ipvs(), reason="this kernel has IP_VS")
+def test_ipvs_on_a_kernel_without_it_is_refused_naming_the_trial() -> None:
+    before = namespaces()
+    with pytest.raises(LabError) as err:
+        preflight.check([trial(), trial(name="on-ipvs", lb={"engine": "ipvs"})])
+    assert str(err.value) == (
+        "trial 'on-ipvs': lb engine 'ipvs' needs a kernel with IP_VS, this one has none -- "
+        "use lb.engine=nft (or auto), or run the lab in the VM ('make vm-test')")
+    assert namespaces() == before
+
+
+@pytest.mark.root
+def test_latency_without_netem_is_refused_naming_the_trial() -> None:
+    if netem_available()[0]:
+        pytest.skip("this kernel has sch_netem")
+    with pytest.raises(LabError, match=r"^trial 'slow': latency_ms needs sch_netem: .* -- drop "
+                       r"latency_ms, or run the lab in the VM \('make vm-test'\)$"):
+        preflight.check([trial(name="slow", latency_ms=20)])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="runs as a user without root")
+def test_not_root_is_refused_first() -> None:
+    with pytest.raises(LabError, match="the lab needs root"):
+        preflight.check([trial()])
