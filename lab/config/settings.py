@@ -4,20 +4,44 @@ Every setting has one flat dotted key ("client.tcp_retries2", "lb.expire_nodest_
 same names serve TOML scenario files, `lab run --set key=value` and pytest parameters. Unknown
 keys and out-of-range values are rejected with the key named (extra="forbid" everywhere).
 None means "the kernel's / library's default": the trial leaves that knob alone.
+
+Types are strict, as TOML gives them: an int field takes only an integer (not true, not "5",
+not 5.0), a bool field only true/false (not 1), a float field a finite number (an integer is
+fine: deadline_s = 60; inf and nan are not). Every duration has an upper bound, so that a typo
+(fault.at_s = 1e9) is refused instead of starting a run that never ends.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion (true is not 1, "5" is not 5); allow_inf_nan: every float is finite
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-PosFloat = Annotated[float, Field(gt=0)]
+def _int_only(choices: str) -> BeforeValidator:
+    """Literal[0, 1] alone takes true and 1.0 for 1 (they are == 1): refuse them first."""
+    def check(value: Any) -> Any:
+        if isinstance(value, bool | float):
+            raise ValueError(f"not an integer, write {choices}")
+        return value
+    return BeforeValidator(check)
+
+
+# integer choices (IPVS sysctls are the integers 0/1/2/3, not true/false or 1.0)
+Flag01 = Annotated[Literal[0, 1], _int_only("0 or 1")]
+ReuseMode = Annotated[Literal[0, 1, 2, 3], _int_only("0, 1, 2 or 3")]
+
+# Upper bounds of durations, in seconds. A trial observes at most deadline_s (<= a day) after
+# the fault, so a timeout, drain or idle time beyond a day can never matter in a trial: it is
+# a typo or a unit mistake (ms for s). None (leave the key out) still means "no timeout".
+DAY_S = 86_400
+HOUR_S = 3_600
+Timeout = Annotated[float, Field(gt=0, le=DAY_S)]
 
 
 class ClientSettings(Section):
@@ -36,9 +60,10 @@ class ClientSettings(Section):
     tcp_keepintvl: Annotated[int, Field(ge=1, le=32767)] | None = None
     tcp_keepcnt: Annotated[int, Field(ge=1, le=127)] | None = None
     # application timeouts (PyMySQL connect/read/write timeout; JDBC connectTimeout/socketTimeout)
-    connect_timeout_s: PosFloat = 10.0
-    read_timeout_s: PosFloat | None = None
-    write_timeout_s: PosFloat | None = None
+    # (<= a day: a timeout longer than the longest trial never fires; None = no timeout)
+    connect_timeout_s: Timeout = 10.0
+    read_timeout_s: Timeout | None = None
+    write_timeout_s: Timeout | None = None
 
     SYSCTLS: ClassVar[tuple[str, ...]] = (
         "tcp_retries2",
@@ -63,21 +88,24 @@ class LbSettings(Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 3001
     # IPVS semantics: 0 = packets of connections to a removed real server are dropped silently;
     # 1 = the connection is expired and the client gets a reset.
-    expire_nodest_conn: Literal[0, 1] = 0
+    expire_nodest_conn: Flag01 = 0
     # connection drain: after a real server is removed, wait this long, then reset what is left
-    drain_timeout_s: Annotated[float, Field(ge=0)] | None = None
+    # (<= a day: a longer drain never resets anything within a trial)
+    drain_timeout_s: Annotated[float, Field(ge=0, le=DAY_S)] | None = None
     # engine "ipvs" only (net.ipv4.vs.* in the lb namespace; None = the kernel's default:
     # conn_reuse_mode 1, expire_quiescent_template 0)
-    conn_reuse_mode: Literal[0, 1, 2, 3] | None = None
-    expire_quiescent_template: Literal[0, 1] | None = None
+    conn_reuse_mode: ReuseMode | None = None
+    expire_quiescent_template: Flag01 | None = None
     # engine "proxy" only, other engines ignore them (HAProxy, mode tcp; lab.lb.proxy).
     # `timeout server`: None = not set, HAProxy then waits forever and only the lb kernel's
     # tcp_retries2 ends a dead session
-    proxy_timeout_server_s: PosFloat | None = None
+    # (<= a day, as every timeout)
+    proxy_timeout_server_s: Timeout | None = None
     # `check inter <proxy_check_inter_s> fall <proxy_check_fall>` + on-marked-down
     # shutdown-sessions: the proxy's own health check closes a dead server's sessions
     proxy_health_check: bool = False
-    proxy_check_inter_s: PosFloat = 2.0
+    # (<= an hour: checks an hour apart are no health check; HAProxy's default is 2 s)
+    proxy_check_inter_s: Annotated[float, Field(gt=0, le=HOUR_S)] = 2.0
     proxy_check_fall: Annotated[int, Field(ge=1, le=100)] = 3
 
 
@@ -89,7 +117,9 @@ class LoadSettings(Section):
     # busy: transactions back to back; idle: the connection sits idle `idle_s` between
     # transactions (the fault hits an idle connection, then the app uses it)
     shape: Literal["busy", "idle"] = "busy"
-    idle_s: PosFloat = 5.0
+    # (<= a day: longer than the kernel's default tcp_keepalive_time of 7200 s, so an idle gap
+    # the default keepalive acts in can still be tried; beyond a day it is a unit mistake)
+    idle_s: Annotated[float, Field(gt=0, le=DAY_S)] = 5.0
     # sysbench driver only: LD_PRELOAD lab/load/sbfix (mysql_init after mysql_close) so that
     # sysbench 1.0.20 reconnects in-process instead of segfaulting (akopytov/sysbench#527)
     sysbench_reconnect_fix: bool = False
@@ -109,9 +139,12 @@ class FaultSettings(Section):
     """
 
     kind: Literal["switchover", "crash", "kill", "hang", "partition"] = "switchover"
-    at_s: PosFloat = 5.0  # seconds after load start
+    # seconds after load start (<= an hour: the load needs seconds to warm up; an hour of load
+    # before the fault is more than any trial needs, and 1e9 would be a run that never faults)
+    at_s: Annotated[float, Field(gt=0, le=HOUR_S)] = 5.0
     partition_mode: Literal["drop", "reject"] = "drop"
-    failover_after_s: Annotated[float, Field(ge=0)] = 0.0
+    # (<= an hour: health checkers react in seconds, their slowest settings in minutes)
+    failover_after_s: Annotated[float, Field(ge=0, le=HOUR_S)] = 0.0
 
 
 # a Docker image reference (name[:tag][@digest]), or "auto"
@@ -134,7 +167,10 @@ class ImageSettings(Section):
         for kind in ("mariadb", "nginx"):
             value = getattr(self, kind)
             if value.startswith("blackhole-lab/"):
-                from lab.images.docker import image_ref  # only then: it imports the docker SDK
+                try:  # only then: it imports the docker SDK
+                    from lab.images.docker import image_ref
+                except ImportError as exc:
+                    raise ValueError(f"{kind}={value!r} cannot be checked ({exc})") from None
                 if value != image_ref():
                     raise ValueError(f"{kind}={value!r} is not this lab version's image; use "
                                      f"'auto' or {image_ref()!r} (made by 'lab image build')")
@@ -144,7 +180,9 @@ class ImageSettings(Section):
 class TrialSettings(Section):
     """One trial: everything needed to build, load, break and observe it."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,=+-]{1,120}$")] = "trial"
+    # the trial's directory in the run dir: no leading "." (".", "..", hidden files), at most
+    # 120 characters (lab.config.scenario also refuses the run dir's own file names)
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_,=+-][A-Za-z0-9_.,=+-]{0,119}$")] = "trial"
     backend: Literal["mariadb", "nginx"] = "mariadb"
     # process: the host's server binaries in the backend namespaces; docker: the same servers
     # in containers (lab.backends.docker.container), wired into the same namespaces
@@ -153,10 +191,12 @@ class TrialSettings(Section):
     # client -> lb delay added with netem (the RTT grows by it); needs sch_netem: the lab's
     # VM has it, a host without it refuses the trial (see `lab doctor`)
     latency_ms: Annotated[float, Field(gt=0, le=10_000)] | None = None
-    # stop observing this long after the fault if the service has not recovered
-    deadline_s: PosFloat = 60.0
-    # keep the load running this long after recovery (to show qps > 0 after)
-    after_s: Annotated[float, Field(ge=0)] = 3.0
+    # stop observing this long after the fault if the service has not recovered (<= a day:
+    # the slowest outage the lab shows, tcp_retries2 = 15, is ~925 s; a day is ample)
+    deadline_s: Annotated[float, Field(gt=0, le=DAY_S)] = 60.0
+    # keep the load running this long after recovery (to show qps > 0 after; <= an hour, as
+    # seconds show it)
+    after_s: Annotated[float, Field(ge=0, le=HOUR_S)] = 3.0
     # packet capture + socket/conntrack snapshots (lab.capture); off saves disk on big matrices
     capture: bool = True
     client: ClientSettings = ClientSettings()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from lab.config import scenario
+from lab.config.settings import TrialSettings
 from lab.errors import LabError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,14 +60,15 @@ deadline_s = 30
 @pytest.mark.parametrize(("text", "overrides", "message"), [
     ("[defaults]\nclient.tcp_retries = 5\n", [],
      "client.tcp_retries: unknown key (did you mean client.tcp_retries2?)"),
-    ("[defaults]\nclient.tcp_retries2 = 300\n", [], "client.tcp_retries2: Input should be less"),
-    ("[defaults]\nlb.engine = 'ipvz'\n", [],
+    ("[defaults]\nclient.tcp_retries2 = 300\n[[trial]]\n", [],
+     "client.tcp_retries2: Input should be less"),
+    ("[defaults]\nlb.engine = 'ipvz'\n[[trial]]\n", [],
      "lb.engine: Input should be 'auto', 'nft', 'ipvs' or 'proxy' (got 'ipvz')"),
     ("[default]\n", [], "unknown top-level key 'default'"),
     ("[defaults\n", [], "not valid TOML"),
     ("[matrix]\n'client.tcp_retries2' = 5\n", [], "must be a non-empty list"),
-    ("", ["client.tcp_retries2"], "is not key=value"),
-    ("", ["fault.at_s=-1"], "fault.at_s: Input should be greater than 0"),
+    ("[[trial]]\n", ["client.tcp_retries2"], "is not key=value"),
+    ("[[trial]]\n", ["fault.at_s=-1"], "fault.at_s: Input should be greater than 0"),
     ("[[trial]]\nname='a'\n[[trial]]\nname='a'\n", [], "two trials are named 'a'"),
 ])
 def test_bad_input_is_one_clear_line(
@@ -86,3 +90,27 @@ def test_override_values_are_toml_literals() -> None:
     assert scenario.parse_override("client.so_keepalive=true") == ("client.so_keepalive", True)
     assert scenario.parse_override("lb.engine=nft") == ("lb.engine", "nft")
     assert scenario.parse_override("client.read_timeout_s = 2.5") == ("client.read_timeout_s", 2.5)
+
+
+def test_scenario_records_the_file_digest_and_the_set_list(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[trial]]\nname = "a"\n')
+    s = scenario.load(path, ["client.tcp_retries2=5", "lb.engine = nft"])
+    assert s.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert s.overrides == ("client.tcp_retries2=5", "lb.engine = nft")  # as given
+    assert s.source == {"trial": [{"name": "a"}]}
+    assert scenario.load(path).overrides == ()
+    path.write_text('[[trial]]\nname = "a"  # a comment changes the bytes\n')
+    assert scenario.load(path).digest != s.digest
+    built = scenario.Scenario("x", "", s.trials, {})  # as tests/vm builds one
+    assert (built.digest, built.overrides) == ("", ())
+
+
+def test_strict_settings_from_python_too() -> None:
+    with pytest.raises(ValidationError):
+        TrialSettings.model_validate({"client": {"tcp_retries2": True}})
+    with pytest.raises(ValidationError):
+        TrialSettings.model_validate({"lb": {"expire_nodest_conn": True}})
+    with pytest.raises(ValidationError):
+        TrialSettings.model_validate({"name": ".hidden"})
+    ok = TrialSettings.model_validate({"deadline_s": 60, "lb": {"expire_nodest_conn": 1}})
+    assert ok.deadline_s == 60.0 and isinstance(ok.deadline_s, float)
