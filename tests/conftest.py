@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from lab.net import runtime
 from lab.net.runtime import Run, new_run
 from lab.net.topology import Network, Topology
 
@@ -18,6 +20,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private STATE_DIR (what BHL_STATE_DIR sets when the module is imported), also for
+    the subprocesses a test starts: the records and slots of a user's runs on this machine
+    are never read or touched. (A run's claim is not per state dir: see lab.net.runtime.)"""
+    state = tmp_path / "state"
+    monkeypatch.setenv("BHL_STATE_DIR", str(state))
+    monkeypatch.setattr(runtime, "STATE_DIR", state)
+    return state
 
 
 @pytest.fixture

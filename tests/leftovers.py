@@ -28,12 +28,14 @@ def leftovers(before: tuple[set[str], set[str]], mine: int | None = None) -> tup
     only if it is a lab run's (its files in a run's bhl-* scratch dir or in the lab's cache):
     another test's server, with files of its own elsewhere, is not this trial's leak."""
     ns, procs = snapshot()
-    others = runtime.live_runs((os.getpid(), mine))
-    prefixes = tuple(f"{runtime.NS_PREFIX}{r['run_id']}-" for r in others)
-    dirs = [str(r["workdir"]) for r in others]
+    others = runtime.foreign_run_ids((os.getpid(), mine))  # any state dir, being built too
+    prefixes = tuple(f"{runtime.NS_PREFIX}{r}-" for r in others)
+    dirs = tuple(f"/{runtime.NS_PREFIX}{r}-" for r in others)  # scratch dirs are bhl-<id>-XXXX
+    still_ns, still_procs = snapshot()  # what went meanwhile was removed by its owner
     labs = ("/bhl-", str(runtime.CACHE_DIR))
-    return ("\n".join(sorted(n for n in ns - before[0] if not n.startswith(prefixes))),
-            "\n".join(sorted(p for p in procs - before[1]
+    return ("\n".join(sorted(n for n in (ns & still_ns) - before[0]
+                             if not n.startswith(prefixes))),
+            "\n".join(sorted(p for p in (procs & still_procs) - before[1]
                              if any(d in p for d in labs) and not any(d in p for d in dirs))))
 
 

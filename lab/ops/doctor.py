@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 
 from lab import lb
+from lab.net.capabilities import netem_available
 from lab.net.process import find_binary
 
 
@@ -25,20 +25,9 @@ def _tool(name: str, hint: str, required: bool = True) -> Check:
 
 
 def _netem() -> Check:
-    """netem needs sch_netem; probe it in a throwaway namespace, never on a host link."""
-    ns = f"bhl-doctor-{os.getpid()}"
-    try:
-        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
-        r = subprocess.run(
-            ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
-             "delay", "1ms"], capture_output=True, text=True)
-        ok = r.returncode == 0
-        detail = "available (latency_ms can be used)" if ok else (
-            "not in this kernel: no client<->lb latency emulation here (use the VM)")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        ok, detail = False, f"could not probe: {exc}"
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    """netem needs sch_netem: probed in a throwaway namespace of a claimed run (so a
+    concurrent `lab clean` spares it), never on a host link; see lab.net.capabilities."""
+    ok, detail = netem_available()
     return Check("netem", ok, detail, required=False)
 
 
