@@ -9,6 +9,12 @@ ms) and starts mariadbd (~0.2 s).
 
 Setup and inspection go over the server's unix socket as root (socket authentication), never
 over TCP from the host namespace: every TCP client of a lab server lives in a lab namespace.
+
+Only root reaches a server (issue 13): its folder (socket, datadir, logs) is 0700, and the
+sbtest account's password is random per run (`run_password`), set over the root socket. The
+template keeps the account locked behind a password nobody knows, so the server that copies it
+refuses sbtest logins from the moment it listens on TCP until `start()` has set the run's
+password (ALTER USER ... ACCOUNT UNLOCK): there is no window with a known password.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from functools import cache
 from pathlib import Path
@@ -30,11 +37,17 @@ from typing import Any
 
 import pymysql
 
-from lab.backends.base import Pollable, ProcessBackend, check_socket_path, wait_healthy
+from lab.backends.base import (
+    Pollable,
+    ProcessBackend,
+    check_socket_path,
+    private_dir,
+    wait_healthy,
+)
 from lab.net import runtime
 from lab.net.process import ChildProcess, require_binary, tail
 from lab.net.topology import Host
-from lab.workload.sbtest import DATABASE, PASSWORD, USER, load_tables
+from lab.workload.sbtest import DATABASE, USER, load_tables
 
 # what a client (through the VIP) asks to learn which backend answered
 IDENTITY_SQL = "SELECT name FROM sbtest.lab_identity WHERE id = 1"
@@ -43,6 +56,9 @@ SET_IDENTITY_SQL = "UPDATE sbtest.lab_identity SET name = %s WHERE id = 1"
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
 TEMPLATE_STOP_TIMEOUT_S = 60.0  # the template's slow shutdown (innodb-fast-shutdown=0)
+# part of the template's cache key: "locked" templates keep sbtest locked (older ones had a
+# fixed, known password and must not be reused)
+TEMPLATE_FORMAT = "locked"
 
 # Options shared by the template build and every server: InnoDB files must be compatible, and
 # buffers are small so start and shutdown are fast. Durability is irrelevant (the datadir is a
@@ -79,7 +95,24 @@ def mariadbd_version() -> str:
 
 
 def template_dir(tables: int, table_size: int) -> Path:
-    return runtime.CACHE_DIR / f"mariadb-{mariadbd_version()}-t{tables}-s{table_size}"
+    return (runtime.CACHE_DIR
+            / f"mariadb-{mariadbd_version()}-t{tables}-s{table_size}-{TEMPLATE_FORMAT}")
+
+
+_run_passwords: dict[str, str] = {}
+_run_passwords_lock = threading.Lock()
+
+
+def run_password(run_id: str) -> str:
+    """The sbtest password of run `run_id`, random, made on first use and kept in memory only.
+
+    Per run rather than per server: a trial's driver connects through the VIP to whichever
+    backend the LB picks (backend1, then backend2 after a switchover), and a backend that is
+    restarted must take the same clients back, so every server of a run shares it."""
+    with _run_passwords_lock:
+        if run_id not in _run_passwords:
+            _run_passwords[run_id] = secrets.token_urlsafe(24)
+        return _run_passwords[run_id]
 
 
 def _server_argv(datadir: Path, run_dir: Path, socket_path: Path, *extra: str,
@@ -128,12 +161,18 @@ def _wait_healthy(server: Pollable, socket_path: Path, log: Path,
                              f"{last}); {log} ends with:\n{tail(log)}"))
 
 
-def load_sbtest(socket_path: Path, tables: int, table_size: int) -> None:
+def load_sbtest(socket_path: Path, tables: int, table_size: int,
+                password: str | None = None) -> None:
     """What `sysbench oltp_read_write prepare` does, plus the lab_identity table, as root over
-    the server's unix socket."""
+    the server's unix socket.
+
+    The sbtest account gets `password`; without one (the template) it is locked, with a
+    random password that is thrown away, until a server sets its run's (`set_password`)."""
     with contextlib.closing(_connect_unix(socket_path)) as conn, conn.cursor() as cur:
         cur.execute(f"CREATE DATABASE {DATABASE}")
-        cur.execute(f"CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'")
+        lock = "" if password else " ACCOUNT LOCK"
+        cur.execute(f"CREATE USER '{USER}'@'%%' IDENTIFIED BY %s{lock}",
+                    (password or secrets.token_urlsafe(24),))
         cur.execute(f"GRANT ALL ON {DATABASE}.* TO '{USER}'@'%'")
         cur.execute(f"USE {DATABASE}")
         load_tables(cur, tables, table_size)
@@ -165,7 +204,7 @@ def ensure_template(tables: int = 4, table_size: int = 1000) -> Path:
         for stale in cache_dir.glob(f".build-{final.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed build (we hold the lock)
         tmp = cache_dir / f".build-{final.name}-{os.getpid()}-{secrets.token_hex(3)}"
-        tmp.mkdir()
+        private_dir(tmp)  # the data and its hashes: root only
         try:
             started = time.monotonic()
             _build_template(tmp, tables, table_size)
@@ -232,13 +271,15 @@ class MariaDBServer(ProcessBackend):
     stop_timeout_s = STOP_TIMEOUT_S
 
     def __init__(self, host: Host, address: ipaddress.IPv4Address, *, port: int = 3306,
-                 tables: int = 4, table_size: int = 1000) -> None:
+                 tables: int = 4, table_size: int = 1000, password: str | None = None) -> None:
         super().__init__(host, address)
         self.port = port
         self.tables = tables
         self.table_size = table_size
         self._use_dir("mariadb", "mysqld.sock")
         self.datadir = self.dir / "data"
+        # shared by the run's servers (see run_password); never on a command line
+        self.password = password or run_password(host.run_id)
 
     def start(self) -> None:
         self._refuse_if_running("mariadbd")
@@ -246,7 +287,7 @@ class MariaDBServer(ProcessBackend):
         template = ensure_template(self.tables, self.table_size)
         t1 = time.monotonic()
         shutil.rmtree(self.datadir, ignore_errors=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         shutil.copytree(template, self.datadir)
         t2 = time.monotonic()
         # fast shutdown 3: no flush, no rollback -- the copy is thrown away after the trial
@@ -256,6 +297,7 @@ class MariaDBServer(ProcessBackend):
         server = self._launch(argv, self.dir / "mariadbd.out")
         with self._stopped_on_failure():
             _wait_healthy(server, self.socket_path, self.error_log)
+            self.set_password()
             self.query(SET_IDENTITY_SQL, (self.name,))
             self._check_listening()
         t3 = time.monotonic()
@@ -270,8 +312,15 @@ class MariaDBServer(ProcessBackend):
             raise RuntimeError(f"{self.name}: mariadbd answers on its socket but does not "
                                f"listen on {want}; ss -ltn:\n{out}\n{tail(self.error_log)}")
 
+    def set_password(self) -> None:
+        """Give sbtest the run's password and unlock it (the template's copy is locked)."""
+        self.query(f"ALTER USER '{USER}'@'%%' IDENTIFIED BY %s ACCOUNT UNLOCK",
+                   (self.password,))
+
     def client_params(self) -> dict[str, str]:
-        return {"user": USER, "password": PASSWORD, "database": DATABASE}
+        """The account for the driver's config; it travels in the driver's environment (see
+        lab.load.base), never on a command line."""
+        return {"user": USER, "password": self.password, "database": DATABASE}
 
     def query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         """Run one statement as root over the unix socket (setup, inspection)."""

@@ -44,6 +44,7 @@ def backend_options(settings: TrialSettings) -> BackendOptions:
 def driver_config(settings: TrialSettings, host: str, target_params: Mapping[str, str]
                   ) -> DriverConfig:
     """load.driver's config for the virtual service host:lb.port, with the client.* and load.*
-    sections as they are; target_params: the backend's (Backend.client_params())."""
+    sections as they are; target_params: the backend's (Backend.client_params(): with the
+    run's password, which is why DriverProcess passes the config in the environment)."""
     return make_driver_config(settings.load.driver, host, settings.lb.port, target_params,
                               settings.client.model_dump(), settings.load.model_dump())

@@ -261,7 +261,7 @@ def _observe(trial: _Trial, parts: _Parts) -> None:
         if result.fault_t is None and _fault_due(settings, driver, fault_at, now):
             pending = _inject(trial, parts)
         _run_due(result, pending, now)
-        if result.fault_t is not None and _finished(trial, pending, now):
+        if result.fault_t is not None and _finished(trial, driver, pending, now):
             return
         time.sleep(TICK_S)
 
@@ -310,12 +310,21 @@ def _run_due(result: TrialResult, pending: Pending, now: float) -> None:
         result.event(item[1].event, item[1].detail)
 
 
-def _finished(trial: _Trial, pending: Pending, now: float) -> bool:
+def _recovered_t(driver: DriverProcess, fault_t: float) -> float | None:
+    """When the driver first recovered after the fault, from the records it sent (the
+    reader keeps them; the progress callback may lag behind a slow terminal)."""
+    times = [e["t"] for e in list(driver.output.events)
+             if e["event"] == "recovered" and e["t"] >= fault_t]
+    return min(times) if times else None
+
+
+def _finished(trial: _Trial, driver: DriverProcess, pending: Pending, now: float) -> bool:
     """Recovered and run on for after_s with no follow-up left, or past the deadline."""
     settings, result, status = trial.settings, trial.result, trial.status
     assert result.fault_t is not None
-    recovered = status.recovered_t
+    recovered = _recovered_t(driver, result.fault_t)
     if recovered is not None:
+        status.recovered_t = status.recovered_t or recovered
         status.phase = "recovered"
         if now >= recovered + settings.after_s and not pending:
             return True

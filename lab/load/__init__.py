@@ -9,8 +9,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class DriverConfig:
-    """What DriverProcess starts: the driver's module (`python -m`) and its CONFIG_JSON
-    argument, {"target": {host, port, and the backend's client params}, "client", "load"}."""
+    """What DriverProcess starts: the driver's module (`python -m`) and its CONFIG_JSON,
+    {"target": {host, port, and the backend's client params}, "client", "load"}, which holds
+    the backend's password and so travels in the driver's environment, never in argv."""
 
     module: str
     config: dict[str, Any]

@@ -1,6 +1,7 @@
 """The `http` driver: HTTP/1.1 keep-alive requests on long-lived connections.
 
-    python -m lab.load.http CONFIG_JSON      (started by DriverProcess in the client namespace)
+    BHL_DRIVER_CONFIG=CONFIG_JSON python -m lab.load.http
+                                             (started by DriverProcess in the client namespace)
 
 What a pooled HTTP client (urllib3, requests, a Java/Go pool) does against the article's
 LVS + NGINX: each of `load.threads` threads owns one persistent HTTP/1.1 connection and sends
@@ -41,7 +42,7 @@ class HttpTarget(Target):
 
 
 class HttpConfig(OltpConfig):
-    """The CONFIG_JSON argument: the same shape as oltp's (target, client, load)."""
+    """The driver's CONFIG_JSON: the same shape as oltp's (target, client, load)."""
 
     target: HttpTarget
 

@@ -1,6 +1,7 @@
 """The `oltp` driver: sysbench's oltp_read_write over PyMySQL, on long-lived connections.
 
-    python -m lab.load.oltp CONFIG_JSON      (started by DriverProcess in the client namespace)
+    BHL_DRIVER_CONFIG=CONFIG_JSON python -m lab.load.oltp
+                                             (started by DriverProcess in the client namespace)
 
 Why not sysbench itself: Debian's sysbench 1.0.20 segfaults on its reconnect path with
 MariaDB Connector/C (akopytov/sysbench#527), and the lab needs per-thread events (the first
@@ -81,12 +82,13 @@ class Target(BaseModel):
     host: str
     port: int = Field(3306, ge=1, le=65535)
     user: str = sbtest.USER
-    password: str = sbtest.PASSWORD
+    # the backend's run password (Backend.client_params); kept out of reprs and errors
+    password: str = Field("", repr=False)
     database: str = sbtest.DATABASE
 
 
 class OltpConfig(BaseConfig):
-    """The CONFIG_JSON argument (see lab.load.base for how the trial passes it)."""
+    """The driver's CONFIG_JSON (see lab.load.base for how the trial passes it)."""
 
     target: Target
 

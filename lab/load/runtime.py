@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Generic, NoReturn, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from lab.config.settings import ClientSettings, LoadSettings
-from lab.load.base import emit, sysbench_line
+from lab.load.base import CONFIG_ENV, emit, sysbench_line
 
 RECONNECT_PAUSE_S = 0.005  # between connect attempts, like sysbench's mysql_drv_reconnect
 SAMPLE_GRACE_S = 0.005  # let a txn that ended just before a boundary land in its bucket
@@ -43,7 +43,7 @@ ConnT = TypeVar("ConnT", bound=Closable)
 
 
 class BaseConfig(BaseModel):
-    """What every driver's CONFIG_JSON holds besides its target."""
+    """What every driver's config holds besides its target."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,16 +52,23 @@ class BaseConfig(BaseModel):
 
 
 def parse_config(argv: list[str], model: type[ConfigT], module: str) -> ConfigT:
-    """`python -m MODULE CONFIG_JSON` -> the validated config (usage and exit 2 otherwise)."""
-    if len(argv) != 2:
-        sys.stderr.write(f"usage: python -m {module} CONFIG_JSON\n")
+    """`BHL_DRIVER_CONFIG=CONFIG_JSON python -m MODULE` -> the validated config (usage and
+    exit 2 otherwise).
+
+    The config holds the backend's password, so it comes from the environment (only root can
+    read /proc/PID/environ of a root process; argv is world-readable) and is removed from it
+    at once: what the driver starts (sysbench) does not inherit it."""
+    raw = os.environ.pop(CONFIG_ENV, None)
+    if len(argv) != 1 or raw is None:
+        sys.stderr.write(f"usage: {CONFIG_ENV}=CONFIG_JSON python -m {module}\n")
         sys.exit(2)
-    return model.model_validate(json.loads(argv[1]))
+    return model.model_validate(json.loads(raw))
 
 
 def run_driver(argv: list[str], model: type[BaseConfig], worker_class: type[Worker[Any]],
                module: str) -> NoReturn:
-    """A threaded driver's main(): its config from argv, its workers, until `stop`."""
+    """A threaded driver's main(): its config from the environment, its workers, until
+    `stop`."""
     Driver(parse_config(argv, model, module), worker_class).run()
 
 

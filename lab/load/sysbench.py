@@ -1,15 +1,19 @@
 """The `sysbench` driver: the real `sysbench oltp_read_write` binary, its output parsed.
 
-    python -m lab.load.sysbench CONFIG_JSON   (started by DriverProcess in the client namespace)
+    BHL_DRIVER_CONFIG=CONFIG_JSON python -m lab.load.sysbench
+                                             (started by DriverProcess in the client namespace)
 
 The child runs where this driver runs (the client namespace), so its sockets obey the
 client's sysctls. It is started as
 
-    sysbench oltp_read_write --db-driver=mysql --mysql-host=VIP --mysql-port=PORT ...
-        --tables=N --table-size=S --threads=T --time=10000000 --report-interval=1
-        --mysql-ignore-errors=all --verbosity=5 run
+    sysbench --config-file=/dev/fd/N oltp_read_write --db-driver=mysql --mysql-host=VIP
+        --mysql-port=PORT ... --tables=N --table-size=S --threads=T --time=10000000
+        --report-interval=1 --mysql-ignore-errors=all --verbosity=5 run
 
-and its lines become the protocol of lab.load.base:
+where fd N is a memfd holding `mysql-password=...` (sysbench 1.0.20's config file: one
+`option=value` per line, without the dashes): the password is never on a command line (ps
+shows those to every user) nor on a disk (the memfd lives as long as the driver; each
+restarted sysbench reads it anew). Its lines become the protocol of lab.load.base:
   * "Threads started!" (every thread connected, statements prepared) -> `ready` (first run)
     and one `connected` event per socket, with the socket options read back from sysbench's
     own sockets (pidfd_getfd + getsockopt: sysbench 1.0.20 sets no TCP_USER_TIMEOUT);
@@ -94,17 +98,30 @@ FIX_SOURCE = Path(__file__).with_name("sbfix") / "sb_reconnect_fix.c"
 IN_PROCESS_DETAIL = "sysbench reconnected in-process (LD_PRELOAD reconnect fix)"
 
 
-def sysbench_argv(cfg: OltpConfig, binary: str = "sysbench") -> list[str]:
-    """The sysbench command line for a config (the user's own `sysbench ... run`)."""
+def sysbench_argv(cfg: OltpConfig, binary: str = "sysbench",
+                  config_file: str | None = None) -> list[str]:
+    """The sysbench command line for a config (the user's own `sysbench ... run`), without
+    the password: that is in `config_file` (see `password_file`)."""
     t, load = cfg.target, cfg.load
+    options = [f"--config-file={config_file}"] if config_file else []
     return [
-        binary, "oltp_read_write", "--db-driver=mysql",
+        binary, *options, "oltp_read_write", "--db-driver=mysql",
         f"--mysql-host={t.host}", f"--mysql-port={t.port}", f"--mysql-user={t.user}",
-        f"--mysql-password={t.password}", f"--mysql-db={t.database}",
+        f"--mysql-db={t.database}",
         f"--tables={load.tables}", f"--table-size={load.table_size}",
         f"--threads={load.threads}", f"--time={RUN_TIME_S}", "--events=0",
         "--report-interval=1", "--mysql-ignore-errors=all", "--verbosity=5", "run",
     ]
+
+
+def password_file(password: str) -> int:
+    """A memfd with sysbench's config-file line for the password (close-on-exec: only the
+    sysbench it is passed to gets it); read as /dev/fd/N, readable by root only."""
+    if "\n" in password:
+        raise ValueError("a password with a newline cannot go into sysbench's config file")
+    fd = os.memfd_create("sysbench-options")
+    os.write(fd, f"mysql-password={password}\n".encode())
+    return fd
 
 
 def parse_sample(line: str) -> dict[str, float] | None:
@@ -227,9 +244,10 @@ class SysbenchDriver:
     def __init__(self, cfg: OltpConfig, binary: str, preload: Path | None = None) -> None:
         self.cfg = cfg
         self.binary = binary
-        self.env = dict(os.environ)
+        self.env = dict(os.environ)  # without CONFIG_ENV: parse_config took it out
         if preload is not None:
             self.env["LD_PRELOAD"] = str(preload)
+        self.password_fd = password_file(cfg.target.password) if cfg.target.password else None
         self.q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.fault = FaultMark()
         self.recovered_generation = 0
@@ -250,9 +268,13 @@ class SysbenchDriver:
     def _spawn(self) -> None:
         self.generation += 1
         # pdeathsig: if the driver is SIGKILLed (a trial's last resort), sysbench dies with it
-        argv = ["setpriv", "--pdeathsig", "KILL", "--", *sysbench_argv(self.cfg, self.binary)]
+        fds = () if self.password_fd is None else (self.password_fd,)
+        config_file = f"/dev/fd/{self.password_fd}" if fds else None
+        argv = ["setpriv", "--pdeathsig", "KILL", "--",
+                *sysbench_argv(self.cfg, self.binary, config_file)]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1, env=self.env)
+                                stderr=subprocess.STDOUT, text=True, bufsize=1, env=self.env,
+                                pass_fds=fds)
         self.child = Child(self.generation, proc, time.monotonic())
         threading.Thread(target=self._read, args=(self.child,), daemon=True,
                          name=f"sysbench-{self.generation}").start()

@@ -11,10 +11,11 @@ import random
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-# the schema and its user, as sysbench's defaults name them
+# the schema and its user, as sysbench's defaults name them; the user's password is not
+# sysbench's fixed default but random per run (lab.backends.mariadb.run_password), so that no
+# local user can log in with a password everybody knows
 DATABASE = "sbtest"
 USER = "sbtest"
-PASSWORD = "sbpass"
 
 C_GROUPS = 10  # oltp_common.lua: c = 10 groups of 11 random digits joined by '-' (119 chars)
 PAD_GROUPS = 5  # pad = 5 groups (59 chars)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -15,13 +16,15 @@ import pytest
 from lab.backends.mariadb import MariaDBServer, check_binaries, ensure_template
 from lab.errors import LabError
 from lab.net import runtime
-from lab.net.topology import Network
+from lab.net.topology import Host, Network
+from tests.backends.access import nobody_connects, nobody_lists
 
-# runs inside the client namespace: the only place a TCP client may live
+# runs inside the client namespace: the only place a TCP client may live; the password comes
+# on stdin (never in argv)
 CLIENT_PROBE = """
 import json, sys, pymysql
-c = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="sbtest", password="sbpass",
-                    database="sbtest", connect_timeout=5)
+c = pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="sbtest",
+                    password=sys.stdin.readline().strip(), database="sbtest", connect_timeout=5)
 cur = c.cursor()
 out = {}
 for n in range(1, int(sys.argv[3]) + 1):
@@ -36,10 +39,38 @@ print(json.dumps(out))
 """
 
 
+# runs inside the client namespace: log in as sbtest with the password on stdin, print
+# "ok" or the server's error code
+LOGIN = """
+import sys, pymysql
+try:
+    pymysql.connect(host=sys.argv[1], port=int(sys.argv[2]), user="sbtest",
+                    password=sys.stdin.readline().strip(), connect_timeout=5).close()
+    print("ok")
+except pymysql.err.OperationalError as exc:
+    print(exc.args[0])
+"""
+ER_ACCESS_DENIED = "1045"
+
+
 def probe(net: Network, server: MariaDBServer) -> dict[str, object]:
     out = net["client"].run([sys.executable, "-c", CLIENT_PROBE, str(server.address),
-                             str(server.port), str(server.tables), str(server.table_size)])
+                             str(server.port), str(server.tables), str(server.table_size)],
+                            input=server.password + "\n")
     return json.loads(out.stdout)
+
+
+def locked(server: MariaDBServer) -> list[tuple[str, str, str]]:
+    """(user, host, account_locked) of the sbtest account, asked as root over the socket."""
+    return [tuple(str(v) for v in row) for row in server.query(  # type: ignore[misc]
+        "SELECT user, host, IF(JSON_VALUE(priv, '$.account_locked'), 'true', 'false') "
+        "FROM mysql.global_priv WHERE user = 'sbtest'")]
+
+
+def login(net: Network, server: MariaDBServer, password: str) -> str:
+    """A TCP login as sbtest from the client namespace: "ok" or the error code."""
+    return net["client"].run([sys.executable, "-c", LOGIN, str(server.address),
+                              str(server.port)], input=password + "\n").stdout.strip()
 
 
 @pytest.mark.root
@@ -59,6 +90,8 @@ def test_server_answers_from_the_client_namespace(network: Network) -> None:
         assert seen["identity"] == seen["report_host"] == "db"
         assert seen["user"] == "sbtest@%"
         assert server.identity() == "db"
+        assert server.client_params() == {"user": "sbtest", "password": server.password,
+                                          "database": "sbtest"}
         print(f"\nstart timings: {server.timings}")
     finally:
         server.stop()
@@ -154,3 +187,76 @@ def test_check_binaries_names_the_missing_binary(tmp_path: Path) -> None:
     (tmp_path / "mariadbd").symlink_to(check_binaries()["mariadbd"])
     with pytest.raises(LabError, match=r"^mariadb-install-db not found -- run 'make setup'"):
         check_binaries(path=str(tmp_path))
+
+
+# --- only root reaches it (issue 13) -------------------------------------------------------------
+
+
+@pytest.mark.root
+def test_only_root_reaches_the_socket_and_the_data(network: Network) -> None:
+    os.chmod(network.run.workdir, 0o700)  # what a run's scratch dir is: it must still work
+    db = network["db"]
+    server = MariaDBServer(db, db.address_towards("client"))
+    try:
+        server.start()
+        assert probe(network, server)["identity"] == "db"
+        assert stat.S_IMODE(os.stat(server.dir).st_mode) == 0o700
+        assert stat.S_ISSOCK(os.stat(server.socket_path).st_mode)
+        template = ensure_template(server.tables, server.table_size).parent
+        assert stat.S_IMODE(os.stat(template).st_mode) == 0o700
+        os.chmod(network.run.workdir, 0o755)  # even with an open scratch dir above it:
+        assert nobody_connects(server.socket_path) == "EACCES"
+        assert nobody_lists(server.datadir) != 0 and nobody_lists(server.dir) != 0
+        assert nobody_lists(db.workdir) == 0  # (the test itself: nobody does get that far)
+        assert nobody_connects(Path("/nonexistent.sock")) == "ENOENT"
+    finally:
+        server.stop()
+
+
+@pytest.mark.root
+def test_each_run_has_its_own_password_and_a_restart_keeps_it(network: Network) -> None:
+    db = network["db"]
+    first = MariaDBServer(db, db.address_towards("client"))
+    # the same namespace as another run's host: another run's server
+    other = MariaDBServer(Host(db.name, db.ns, db.workdir, run_id="another-run"),
+                          db.address_towards("client"))
+    assert first.password != other.password and len(first.password) >= 32
+    assert MariaDBServer(db, db.address_towards("client")).password == first.password
+    try:
+        first.start()
+        assert login(network, first, first.password) == "ok"
+        assert login(network, first, "sbpass") == ER_ACCESS_DENIED  # sysbench's default
+        first.stop()
+        first.start()  # a restart (a fresh copy of the template) takes the clients back
+        assert login(network, first, first.password) == "ok"
+        first.stop()
+        other.start()
+        assert login(network, other, other.password) == "ok"
+        assert login(network, other, first.password) == ER_ACCESS_DENIED
+    finally:
+        first.stop()
+        other.stop()
+
+
+@pytest.mark.root
+def test_the_account_is_locked_until_start_sets_the_password(
+    network: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server listens on TCP before start() sets the run's password: in that window the
+    template's sbtest must let nobody in, whatever password is tried."""
+    db = network["db"]
+    server = MariaDBServer(db, db.address_towards("client"))
+    monkeypatch.setattr(MariaDBServer, "set_password", lambda self: None)  # the window, held
+    try:
+        server.start()
+        # the template's password is random and was thrown away: a wrong password is refused
+        # before the lock is even looked at (1045); the lock is what the server says it has
+        for password in (server.password, "sbpass", ""):
+            assert login(network, server, password) == ER_ACCESS_DENIED
+        assert locked(server) == [("sbtest", "%", "true")]
+        monkeypatch.undo()
+        server.set_password()
+        assert locked(server) == [("sbtest", "%", "false")]
+        assert login(network, server, server.password) == "ok"
+    finally:
+        server.stop()

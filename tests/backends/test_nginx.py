@@ -11,6 +11,7 @@ import csv
 import ipaddress
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from lab.backends.nginx import KEEPALIVE_S, NginxServer, render_config
 from lab.config import scenario
 from lab.experiment.matrix import MatrixRun
 from lab.net.topology import Network
+from tests.backends.access import nobody_connects, nobody_lists
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +56,7 @@ def nginx_pids() -> set[int]:
 
 def test_config_keeps_connections_and_serves_its_name(tmp_path: Path) -> None:
     conf = render_config("backend1", ipaddress.IPv4Address("198.18.1.2"), 80, tmp_path)
-    assert "master_process off;" in conf and "daemon off;" in conf
+    assert "master_process off;" in conf and "daemon off;" in conf and "user root;" in conf
     assert f"keepalive_timeout {KEEPALIVE_S}s;" in conf and "keepalive_requests 1000000000;" \
         in conf and f"keepalive_time {KEEPALIVE_S}s;" in conf
     assert "listen 198.18.1.2:80;" in conf and f"listen unix:{tmp_path}/nginx.sock;" in conf
@@ -102,6 +104,26 @@ def test_kill_and_hang_act_on_the_serving_process(network: Network, server: Ngin
     server.stop()  # copes with a killed server
     server.start()  # and starts again (a stale unix socket must not stop it)
     assert get(network, server) == "200 db"
+
+
+@pytest.mark.root
+def test_only_root_reaches_it(network: Network) -> None:
+    os.chmod(network.run.workdir, 0o700)  # what a run's scratch dir is: it must still work
+    db = network["db"]
+    server = NginxServer(db, db.address_towards("client"))
+    try:
+        server.start()
+        assert get(network, server) == "200 db"
+        assert server.pid is not None
+        uids = next(line for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+                    if line.startswith("Uid:"))
+        assert uids.split()[1:] == ["0"] * 4  # it never drops to `nobody` (user root)
+        assert stat.S_IMODE(os.stat(server.dir).st_mode) == 0o700
+        os.chmod(network.run.workdir, 0o755)  # even with an open scratch dir above it:
+        assert nobody_connects(server.socket_path) == "EACCES"
+        assert nobody_lists(server.dir) != 0
+    finally:
+        server.stop()
 
 
 # --- bar 1: the article's LVS + NGINX switchover -------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from lab.backends.nginx import NginxServer
 from lab.config.settings import ClientSettings, LoadSettings
 from lab.load import driver_config
-from lab.load.base import DriverProcess
+from lab.load.base import CALLBACK_DRAIN_S, DriverProcess
 from lab.load.http import HttpConfig
 from lab.net.topology import Network
 
@@ -49,12 +50,13 @@ def server(network: Network) -> Iterator[NginxServer]:
 
 
 def start_driver(network: Network, server: NginxServer, tmp_path: Path, client: ClientSettings,
-                 threads: int = 1) -> DriverProcess:
+                 threads: int = 1,
+                 on_record: Callable[[dict[str, Any]], None] | None = None) -> DriverProcess:
     config = driver_config("http", str(server.address), server.port, server.client_params(),
                            client.model_dump(),
                            LoadSettings(driver="http", threads=threads).model_dump())
     driver = DriverProcess(network["client"], config.module, config.config,
-                           tmp_path / "driver.log")
+                           tmp_path / "driver.log", on_record=on_record)
     driver.wait_ready(15)
     return driver
 
@@ -156,3 +158,73 @@ def test_killed_server_resets_then_the_pool_reconnects(
     # fails on its request (seen once in CI): error, reconnect, ... in front
     assert seq in (["error", "error", "reconnect"],
                    ["error", "reconnect", "error", "error", "reconnect"]), seq
+
+
+# --- output going away never changes a measurement (issue 13) -----------------------------------
+
+
+@pytest.mark.root
+def test_a_callback_that_always_raises_loses_no_record(
+    network: Network, server: NginxServer, tmp_path: Path
+) -> None:
+    """`lab run --plain | head -2`: the printer raises BrokenPipeError on every record. The
+    reader must go on: every sample and event, the recovery included, reaches `output`, and
+    the callback (kept, the trial's status lives in it too) still sees each one."""
+    seen: list[dict[str, Any]] = []
+
+    def printer(record: dict[str, Any]) -> None:
+        seen.append(record)
+        raise BrokenPipeError(32, "Broken pipe")
+
+    driver = start_driver(network, server, tmp_path, ClientSettings(), on_record=printer)
+    try:
+        time.sleep(1.2)
+        assert server.pid is not None
+        fault_t = time.monotonic()
+        driver.mark_fault(fault_t)
+        os.kill(server.pid, signal.SIGKILL)
+        wait_for(driver, lambda e: e["detail"].endswith("(connect)"), 3)
+        server.stop()
+        server.start()
+        wait_for(driver, lambda e: e["event"] == "recovered", 5)
+        time.sleep(1.1)
+    finally:
+        assert driver.stop() == 0
+    out = driver.output
+    assert out.ready_t is not None and len(out.samples) >= 3
+    assert [e["event"] for e in out.events if e["t"] >= fault_t and e["event"] in (
+        "error", "reconnect", "recovered")][-2:] == ["reconnect", "recovered"]
+    assert len(seen) == 1 + len(out.samples) + len(out.events)
+    assert [r["kind"] for r in seen].count("ready") == 1
+    assert seen[-1] == out.samples[-1]  # the last one, printed on stop, too
+    log = (tmp_path / "driver.log").read_text()
+    assert log.count("on_record callback failed: BrokenPipeError") == 1
+    assert f"on_record callback failed {len(seen)} times in all" in log
+
+
+@pytest.mark.root
+def test_a_callback_that_blocks_delays_no_record(
+    network: Network, server: NginxServer, tmp_path: Path
+) -> None:
+    """A stalled terminal: the callback blocks on the first record. The samples still arrive
+    on time, and stop() does not wait for the callback."""
+    release = threading.Event()
+    seen: list[dict[str, Any]] = []
+
+    def stuck(record: dict[str, Any]) -> None:
+        seen.append(record)
+        release.wait(30)
+
+    driver = start_driver(network, server, tmp_path, ClientSettings(), on_record=stuck)
+    try:
+        assert driver.output.ready_t is not None
+        time.sleep(2.3)
+        assert len(driver.output.samples) >= 2
+        t = time.monotonic()
+        assert driver.stop() == 0
+        assert time.monotonic() - t < CALLBACK_DRAIN_S + 1.0
+        assert len(seen) == 1  # still in the first call
+    finally:
+        release.set()
+    last = driver.output.samples[-1]
+    assert last["interval_s"] < 1.0 and last["tps"] > 0  # the partial one printed on stop

@@ -20,6 +20,7 @@ from lab.load.base import DriverProcess
 from lab.load.oltp import QUERIES_PER_TXN, OltpConfig, statements
 from lab.net.topology import Network
 from lab.workload.sbtest import SysbenchRandom
+from tests.backends.access import argv_holding, as_nobody
 
 SYSBENCH_LINE = re.compile(
     r"^\[ (\d+)s \] thds: (\d+) tps: ([\d.]+) qps: ([\d.]+) \(r/w/o: ([\d.]+)/([\d.]+)/([\d.]+)\)"
@@ -220,3 +221,25 @@ def test_killed_server_is_noticed_at_once(
         assert not events(driver, "recovered")  # nothing was served again
     finally:
         assert driver.stop() == 0
+
+
+@pytest.mark.root
+def test_the_password_is_in_no_command_line(
+    network: Network, server: MariaDBServer, tmp_path: Path
+) -> None:
+    """The driver logged in (ready) with a config that came in its environment: ps shows the
+    password nowhere, and its environment is not for other users to read."""
+    driver = start_driver(network, server, tmp_path, ClientSettings())
+    try:
+        pid = driver.proc.pid  # `ip netns exec` exec'd the driver: one pid
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [
+            b"-m", b"lab.load.oltp"]
+        assert argv_holding(server.password) == []
+        # it did arrive through the environment (root reads it), and nobody cannot read that
+        assert server.password.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+        denied = as_nobody(["cat", f"/proc/{pid}/environ"])
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        assert as_nobody(["cat", f"/proc/{pid}/cmdline"]).returncode == 0  # what ps reads
+    finally:
+        assert driver.stop() == 0
+    assert server.password not in (tmp_path / "driver.log").read_text()

@@ -4,10 +4,12 @@ the records on stdout. (The drivers against real servers: test_oltp, test_http.)
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from lab.config.settings import ClientSettings, LoadSettings
+from lab.load.base import CONFIG_ENV
 from lab.load.oltp import OltpConfig, OltpWorker, Target
 from lab.load.runtime import (
     Clock,
@@ -71,12 +73,22 @@ def test_connected_event_names_the_socket(capsys: pytest.CaptureFixture[str]) ->
     assert record["sockopts"] == {"TCP_USER_TIMEOUT": 5}
 
 
-def test_parse_config_validates_or_exits_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
-    raw = json.dumps({"target": {"host": "198.18.0.2"},
+def test_parse_config_reads_the_environment_or_exits_with_usage(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = json.dumps({"target": {"host": "198.18.0.2", "password": "s3cret"},
                       "client": ClientSettings(read_timeout_s=3).model_dump(mode="json")})
-    cfg = parse_config(["oltp", raw], OltpConfig, "lab.load.oltp")
+    monkeypatch.setenv(CONFIG_ENV, raw)
+    cfg = parse_config(["oltp"], OltpConfig, "lab.load.oltp")
     assert (cfg.target.port, cfg.client.read_timeout_s, cfg.load) == (3306, 3, LoadSettings())
+    assert cfg.target.password == "s3cret" and "s3cret" not in repr(cfg)
+    assert CONFIG_ENV not in os.environ  # what the driver starts does not inherit it
+    usage = f"usage: {CONFIG_ENV}=CONFIG_JSON python -m lab.load.oltp\n"
     with pytest.raises(SystemExit) as info:
-        parse_config(["oltp"], OltpConfig, "lab.load.oltp")
+        parse_config(["oltp"], OltpConfig, "lab.load.oltp")  # no config in the environment
     assert info.value.code == 2
-    assert capsys.readouterr().err == "usage: python -m lab.load.oltp CONFIG_JSON\n"
+    assert capsys.readouterr().err == usage
+    monkeypatch.setenv(CONFIG_ENV, raw)
+    with pytest.raises(SystemExit):
+        parse_config(["oltp", raw], OltpConfig, "lab.load.oltp")  # argv: refused, not read
+    assert capsys.readouterr().err == usage

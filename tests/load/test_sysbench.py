@@ -9,6 +9,7 @@ must see the same outage.
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from lab.backends.mariadb import MariaDBServer
 from lab.config import scenario
 from lab.config.settings import LoadSettings, TrialSettings
 from lab.experiment.matrix import MatrixRun
-from lab.load.base import DriverProcess
+from lab.load.base import CONFIG_ENV, DriverProcess
 from lab.load.oltp import OltpConfig, Target
 from lab.load.sysbench import (
     CRASH_DETAIL,
@@ -31,9 +32,11 @@ from lab.load.sysbench import (
     crashed,
     parse_ignored,
     parse_sample,
+    password_file,
     sysbench_argv,
 )
 from lab.net.topology import Network
+from tests.backends.access import argv_holding, children
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,13 +56,24 @@ def test_parses_sysbench_lines() -> None:
 
 
 def test_command_line_and_exit_codes() -> None:
-    cfg = OltpConfig(target=Target(host="198.18.0.100", port=3001),
+    cfg = OltpConfig(target=Target(host="198.18.0.100", port=3001, password="s3cret"),
                      load=LoadSettings(driver="sysbench", threads=3, tables=2, table_size=500))
-    argv = sysbench_argv(cfg)
+    argv = sysbench_argv(cfg, config_file="/dev/fd/5")
     for flag in ("oltp_read_write", "--mysql-host=198.18.0.100", "--mysql-port=3001",
                  "--threads=3", "--tables=2", "--table-size=500", "--report-interval=1",
                  "--mysql-ignore-errors=all", "run"):
         assert flag in argv
+    assert argv[1] == "--config-file=/dev/fd/5"
+    assert not any("s3cret" in a or a.startswith("--mysql-password") for a in argv)
+    assert "--config-file" not in " ".join(sysbench_argv(cfg))
+    fd = password_file("s3cret")
+    try:
+        # sysbench 1.0.20's config file: option=value, no dashes (checked against a server
+        # in test_the_password_is_in_no_command_line)
+        assert Path(f"/dev/fd/{fd}").read_text() == "mysql-password=s3cret\n"
+        assert not os.get_inheritable(fd)  # only the sysbench it is passed to gets it
+    finally:
+        os.close(fd)
     assert crashed(-11) and crashed(139) and not crashed(1) and not crashed(0)
     assert _hex_addr("0100A8C0:0CEA") == "192.168.0.1:3306"
 
@@ -100,7 +114,8 @@ def lose_the_connection(network: Network, server: MariaDBServer, tmp_path: Path,
                         fix: bool) -> tuple[DriverProcess, float]:
     """Run the driver, then destroy sysbench's socket (ss -K): its next query fails with
     2013 and sysbench reconnects: a crash (stock 1.0.20) or an in-process reconnect (fix)."""
-    cfg = OltpConfig(target=Target(host=str(server.address), port=server.port),
+    cfg = OltpConfig(target=Target(host=str(server.address), port=server.port,
+                                   password=server.password),
                      load=LoadSettings(driver="sysbench", sysbench_reconnect_fix=fix))
     driver = DriverProcess(network["client"], "lab.load.sysbench", cfg.model_dump(mode="json"),
                            tmp_path / "driver.log")
@@ -156,6 +171,33 @@ def test_reconnect_fix_reconnects_in_process(
     assert sum(s["errors"] for s in driver.output.samples) == 1.0  # the 2013, counted by us
     rec = next(e for e in driver.output.events if e["event"] == "recovered")
     assert rec["t"] - fault_t < 0.5
+
+
+@pytest.mark.root
+def test_the_password_is_in_no_command_line(
+    network: Network, server: MariaDBServer, tmp_path: Path
+) -> None:
+    """While sysbench runs (it logged in: the config file works), no process on the machine
+    has the password in its argv, and sysbench's environment lacks the driver's config."""
+    cfg = OltpConfig(target=Target(host=str(server.address), port=server.port,
+                                   password=server.password),
+                     load=LoadSettings(driver="sysbench"))
+    driver = DriverProcess(network["client"], "lab.load.sysbench", cfg.model_dump(mode="json"),
+                           tmp_path / "driver.log")
+    try:
+        driver.wait_ready(15)
+        sysbench = [pid for pid in children(driver.proc.pid)
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == "sysbench"]
+        assert len(sysbench) == 1
+        argv = Path(f"/proc/{sysbench[0]}/cmdline").read_bytes().split(b"\0")
+        assert any(a.startswith(b"--config-file=/dev/fd/") for a in argv), argv
+        assert argv_holding(server.password) == []
+        assert CONFIG_ENV.encode() not in Path(f"/proc/{sysbench[0]}/environ").read_bytes()
+        time.sleep(1.3)  # a report line: sysbench works with the password it read
+    finally:
+        assert driver.stop() == 0
+    assert driver.output.samples and driver.output.samples[-1]["tps"] > 0
+    assert server.password not in (tmp_path / "driver.log").read_text()
 
 
 # --- bar 3: sysbench and oltp on the same switchover -------------------------------------------

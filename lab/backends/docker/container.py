@@ -11,6 +11,12 @@ A folder of the host's scratch dir is bind-mounted at MOUNT: the server's unix s
 config live there, so setup and health checks go over the unix socket from the host as for a
 process backend, and never over TCP from the host namespace. The containers carry the run's
 labels (lab.backends.docker.engine.run_labels) and are removed, thawed first, on stop().
+
+That folder is 0700 (issue 13: only root reaches a lab server). The lab image's mariadbd and
+every nginx run as root in their container; an official mysql/mariadb image's server runs as
+its own `mysql` user, so for it the folder is chowned to that user's uid (read from the image)
+instead of being opened to everyone. The official image's root is created for localhost only
+(the socket), never for '%', and sbtest gets the run's password when it is created.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 import docker.errors
 
-from lab.backends.base import Pollable, check_socket_path, wait_healthy
+from lab.backends.base import Pollable, check_socket_path, private_dir, wait_healthy
 from lab.backends.docker import engine as docker_engine
 from lab.backends.mariadb import (
     SET_IDENTITY_SQL,
@@ -69,6 +75,28 @@ def resolve_image(client: docker.DockerClient, kind: str, setting: str) -> tuple
     return setting, docker_image.LABEL_IMAGE in (image.labels or {})
 
 
+_image_users: dict[tuple[str, str], tuple[int, int]] = {}
+
+
+def _image_user(client: docker.DockerClient, image: str, user: str,
+                labels: dict[str, str]) -> tuple[int, int]:
+    """(uid, gid) of `user` in `image`, asked of a throw-away container (once per image;
+    `labels`: the run's, so that `lab clean` finds it if the lab dies meanwhile)."""
+    if (image, user) in _image_users:
+        return _image_users[image, user]
+    out = client.containers.run(image, ["-c", f"id -u {user} && id -g {user}"],
+                                entrypoint="sh", network_mode="none", remove=True,
+                                labels=labels)
+    try:
+        uid, gid = (int(v) for v in out.decode().split())
+    except ValueError:
+        raise LabError(f"image {image}: no user {user!r} to give its server's folder to "
+                       f"(id said {out.decode().strip()!r})",
+                       "use the lab image (images.mariadb='auto', 'lab image build')") from None
+    _image_users[image, user] = uid, gid
+    return uid, gid
+
+
 class Container:
     """One backend's container: engine reference, start, adoption of its netns, removal.
 
@@ -95,6 +123,12 @@ class Container:
         self.image, self.lab_image = resolve_image(self._engine.client, self.kind,
                                                    self.image_setting)
         return self.lab_image
+
+    def user_ids(self, user: str) -> tuple[int, int]:
+        """(uid, gid) of `user` in the resolved image."""
+        assert self._engine is not None, "open() first"
+        return _image_user(self._engine.client, self.image, user,
+                           docker_engine.run_labels(self.host.run_id))
 
     def run(self, argv: list[str], run_dir: Path, environment: dict[str, str] | None = None
             ) -> int:
@@ -230,29 +264,40 @@ class DockerMariaDB(InContainer, MariaDBServer):
             return _server_argv(Path("/var/lib/mysql"), mount, mount / "mysqld.sock", *options,
                                 binary="/usr/sbin/mariadbd"), {}
         # an official image: its entrypoint initialises the datadir (root over the socket,
-        # no password), then runs the server with these options
+        # no password, and only for localhost: no root@'%' on TCP), then runs the server with
+        # these options
         server = "mariadbd" if self.container.image.split("/")[-1].startswith("mariadb") \
             else "mysqld"
         return [server, f"--socket={mount}/mysqld.sock", f"--log-error={mount}/error.log",
                 f"--pid-file={mount}/mysqld.pid", "--skip-log-bin", "--skip-name-resolve",
                 *options], {"MYSQL_ALLOW_EMPTY_PASSWORD": "yes",
-                            "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD": "yes"}
+                            "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD": "yes",
+                            "MYSQL_ROOT_HOST": "localhost", "MARIADB_ROOT_HOST": "localhost"}
+
+    def _own_dir(self, lab_image: bool) -> None:
+        """The mounted folder, 0700, owned by the user the server runs as: root (the lab
+        image), or the official image's `mysql` (its entrypoint drops to it)."""
+        private_dir(self.dir)
+        if not lab_image:
+            uid, gid = self.container.user_ids("mysql")
+            os.chown(self.dir, uid, gid)
 
     def start(self) -> None:
         self._refuse_if_running("container")
         check_socket_path(self.socket_path)
         t0 = time.monotonic()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o777)  # an official image's server runs as its mysql user
         self.socket_path.unlink(missing_ok=True)
         with self._stopped_on_failure():
-            argv, env = self._argv(self.container.open())
+            lab_image = self.container.open()
+            self._own_dir(lab_image)
+            argv, env = self._argv(lab_image)
             self.container.run(argv, self.dir, env)
             t1 = time.monotonic()
             _wait_listening(self.host, self.container, self.port, self.error_log)
             _wait_healthy(self.container, self.socket_path, self.error_log, START_TIMEOUT_S)
             t2 = time.monotonic()
-            load_sbtest(self.socket_path, self.tables, self.table_size)
+            # a new account, created with the run's password: no window with a known one
+            load_sbtest(self.socket_path, self.tables, self.table_size, self.password)
             self.query(SET_IDENTITY_SQL, (self.name,))
         t3 = time.monotonic()
         self.timings = {"container_s": t1 - t0, "ready_s": t2 - t1, "load_s": t3 - t2,

@@ -33,6 +33,7 @@ import docker
 import docker.errors
 
 from lab.errors import LabError
+from lab.net import runtime
 from lab.net.process import find_binary, tail, wait_until
 from lab.net.runtime import STATE_DIR, pid_alive, recorded_runs
 
@@ -125,6 +126,7 @@ def private_pid() -> int | None:
 
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
+    runtime.ensure_state_dir()  # 0700 before the engine's folder is made in it
     ENGINE_DIR.mkdir(parents=True, exist_ok=True)
     with open(ENGINE_DIR / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -306,12 +308,10 @@ def run_labels(run_id: str) -> dict[str, str]:
 
 
 def _live_runs() -> set[str]:
-    live = set()
-    for run in recorded_runs():
-        pid = int(run.get("pid", -1))  # type: ignore[call-overload]
-        if pid_alive(pid):
-            live.add(str(run["run_id"]))
-    return live
+    """Runs alive now: by their kernel-held claim under any state dir (lab.net.runtime), or
+    by a record of this state dir that is still alive (an older lab's, judged by its pid)."""
+    return runtime.live_run_ids() | {str(r["run_id"]) for r in recorded_runs()
+                                     if runtime.record_alive(r)}
 
 
 def remove_container(container: Any) -> None:

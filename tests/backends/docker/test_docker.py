@@ -10,6 +10,7 @@ dockerd, no new `bhl-` namespace and no new link.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -23,11 +24,13 @@ import pytest
 from pydantic import ValidationError
 
 from lab.backends.docker import engine as docker_engine
+from lab.backends.docker.container import MOUNT, DockerMariaDB
 from lab.config import scenario
 from lab.config.settings import TrialSettings
 from lab.experiment.matrix import MatrixRun
 from lab.images import docker as docker_image
 from lab.net import runtime
+from lab.net.topology import Host
 from lab.ops import cleanup
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -56,8 +59,9 @@ def new_since(before: dict[str, set[str]]) -> dict[str, set[str]]:
     """What appeared since `before`, less the namespaces of other live runs (a user's run
     that started meanwhile)."""
     now = snapshot()
-    theirs = tuple(f"{runtime.NS_PREFIX}{r['run_id']}-" for r in runtime.live_runs((os.getpid(),)))
-    now["namespaces"] = {n for n in now["namespaces"] if not n.startswith(theirs)}
+    theirs = tuple(f"{runtime.NS_PREFIX}{r}-" for r in runtime.foreign_run_ids((os.getpid(),)))
+    still = snapshot()["namespaces"]  # what went meanwhile was removed by its owner
+    now["namespaces"] = {n for n in now["namespaces"] & still if not n.startswith(theirs)}
     return {k: now[k] - before[k] for k in before if now[k] - before[k]}
 
 
@@ -256,3 +260,16 @@ def test_provider_and_image_settings_are_validated() -> None:
         TrialSettings.model_validate({"images": {"nginx": "blackhole-lab/base:old"}})
     ok = TrialSettings.model_validate({"images": {"nginx": docker_image.image_ref()}})
     assert ok.images.nginx == docker_image.image_ref()
+
+
+def test_an_official_mysql_image_gets_no_root_for_tcp(tmp_path: Path) -> None:
+    """Issue 13: the official image's entrypoint would create root@'%' without a password,
+    reachable over TCP by anything in the lab's namespaces; root stays at localhost (the
+    socket, in a 0700 folder)."""
+    host = Host("backend1", "bhl-none-backend1", tmp_path, run_id="none")
+    server = DockerMariaDB(host, ipaddress.IPv4Address("198.18.1.2"))
+    server.container.image = "mysql:8.4"
+    argv, env = server._argv(lab_image=False)
+    assert argv[0] == "mysqld" and f"--socket={MOUNT}/mysqld.sock" in argv
+    assert env["MYSQL_ROOT_HOST"] == env["MARIADB_ROOT_HOST"] == "localhost"
+    assert not any(server.password in a for a in argv) and server.password not in env.values()
