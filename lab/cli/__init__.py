@@ -1,6 +1,7 @@
 """The `lab` command. Its entry point installs the stop signals before it imports anything
-heavy (rich, matplotlib, pydantic take seconds on a busy machine), so a Ctrl-C at any moment,
-start-up included, is one line and exit 130, never a traceback."""
+heavy (rich, matplotlib, pydantic take seconds on a busy machine) and arms them once those are
+imported, so a Ctrl-C at any moment, start-up included, is one line and exit 130, never a
+traceback (lab.cli.signals)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         from lab.cli import signals
         signals.install()
         from lab.cli.main import main as run  # the heavy imports
+        signals.arm()
         return run(argv)
     except KeyboardInterrupt:
         print("lab: interrupted before anything was built", file=sys.stderr)

@@ -41,7 +41,7 @@ def start_lab(tmp_path: Path, started: Callable[[], None], *extra: str) -> subpr
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("delay_s", [0.15, 0.4, 1.0, 2.0, 3.5])
+@pytest.mark.parametrize("delay_s", [0.15, 0.3, 0.5, 0.8, 1.5, 3.5])
 @pytest.mark.parametrize("started", [as_from_a_terminal, as_from_a_background_script],
                          ids=["terminal", "background"])
 def test_ctrl_c_at_any_moment_of_start_up(tmp_path: Path, delay_s: float,
