@@ -34,7 +34,7 @@ from rich.table import Table
 from lab.cli.output import PlainPrinter, console, emit, say, warn
 from lab.config import scenario
 from lab.errors import LabError
-from lab.experiment import preflight, report, rundir
+from lab.experiment import compare, preflight, report, rundata, rundir
 from lab.experiment.matrix import DEFAULT_PARALLEL, MatrixRun
 from lab.experiment.trial import TrialStatus
 from lab.net.runtime import MAX_SLOTS
@@ -155,7 +155,7 @@ def run_exit_code(matrix: MatrixRun, rows: list[dict[str, Any]]) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
-    rows = report.read_run(run_dir)
+    rows = rundata.read_run(run_dir)
     say(summary_table(rows))
     for path in report.make_report(run_dir):
         say(f"wrote {path}")
@@ -164,7 +164,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     a, b = Path(args.run_a), Path(args.run_b)
-    changes, notes = report.compare(a, b, args.metric, args.rel_tol, args.abs_tol)
+    changes, notes = compare.compare(a, b, args.metric, args.rel_tol, args.abs_tol)
     table = Table(title=f"{a.name} -> {b.name} (regression: {args.metric} worse by more than "
                         f"{100 * args.rel_tol:.0f} % and {args.abs_tol:g})")
     for col in ("trial", "metric", "A", "B", "delta", ""):
@@ -261,7 +261,7 @@ def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     cmp_ = sub.add_parser("compare", help="compare two runs trial by trial")
     cmp_.add_argument("run_a")
     cmp_.add_argument("run_b")
-    cmp_.add_argument("--metric", default="measured_outage_s", choices=report.COMPARED,
+    cmp_.add_argument("--metric", default="measured_outage_s", choices=compare.COMPARED,
                       help="the metric that gates (exit 1 when it regresses)")
     cmp_.add_argument("--rel-tol", type=_non_negative, default=0.10,
                       help="relative tolerance")

@@ -1,4 +1,4 @@
-"""Result files: the contract for comparing runs (shared/docs/design.md).
+"""Result files: the contract for comparing runs.
 
     results/<run-id>/run.json, summary.csv
     results/<run-id>/<trial>/timeline.csv, events.csv, trial.json
@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lab import version
 from lab.experiment.trial import TrialResult
 
 TIMELINE_COLUMNS = [
@@ -146,6 +147,7 @@ def host_facts() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pkgs[name] = "not installed"
     return {
+        "lab": {"version": version.version(), "commit": version.git_commit()},
         "kernel": platform.release(),
         "python": sys.version.split()[0],
         "mariadbd": _version(["mariadbd", "--version"]),

@@ -55,6 +55,9 @@ class TrialStatus:
     recovered_t: float | None = None
     qps: float = 0.0
     last_line: str = ""
+    deadline_s: float = 0.0  # after the fault
+    predicted_s: float | None = None  # the model's outage
+    mechanism: str = ""  # what ends it, in the model
 
 
 @dataclass
@@ -84,7 +87,7 @@ class TrialResult:
         self.events.append((time.monotonic() if t is None else t, event, detail))
 
 
-def _predict(settings: TrialSettings, engine: str, idle_elapsed_s: float = 0.0
+def predict(settings: TrialSettings, engine: str, idle_elapsed_s: float = 0.0
              ) -> model.Prediction:
     """The model for this trial on the engine `auto` picked, with the RTO its added latency
     gives."""
@@ -133,9 +136,12 @@ def run_trial(
     out_dir.mkdir(parents=True, exist_ok=True)
     engine, why = lb.choose_engine(settings.lb.engine)
     result = TrialResult(settings=settings, engine=engine, engine_why=why,
-                         prediction=_predict(settings, engine), t0=time.monotonic())
+                         prediction=predict(settings, engine), t0=time.monotonic())
     trial = _Trial(settings, result, status or TrialStatus(settings.name), out_dir,
                    stop or threading.Event(), on_line)
+    trial.status.deadline_s = settings.deadline_s
+    trial.status.predicted_s = result.prediction.outage_s
+    trial.status.mechanism = result.prediction.mechanism
     with contextlib.ExitStack() as teardown:
         parts = _build(trial, teardown)
         _observe(trial, parts)
@@ -299,6 +305,7 @@ def _inject(trial: _Trial, parts: _Parts) -> Pending:
     status.phase = "outage"
     if settings.load.shape == "idle":
         _predict_idle(settings, result, parts.driver)
+        status.predicted_s = result.prediction.outage_s
     return [(applied + f.delay_s, f) for f in followups]
 
 
@@ -366,7 +373,7 @@ def _predict_idle(settings: TrialSettings, result: TrialResult, driver: DriverPr
         return
     elapsed = result.fault_t - started
     result.facts["idle_elapsed_s"] = round(elapsed, 4)
-    result.prediction = _predict(settings, result.engine, idle_elapsed_s=elapsed)
+    result.prediction = predict(settings, result.engine, idle_elapsed_s=elapsed)
 
 
 # --- collect ----------------------------------------------------------------------------------

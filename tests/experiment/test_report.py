@@ -17,7 +17,7 @@ from PIL import Image
 from lab.cli.main import main as lab_main
 from lab.config import scenario
 from lab.errors import LabError
-from lab.experiment import report
+from lab.experiment import compare, report
 from lab.experiment.matrix import MatrixRun
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +56,7 @@ def test_same_settings_compare_clean(
     out = capsys.readouterr().out
     print(out)
     assert "0 regression(s) in measured_outage_s" in out
-    changes, notes = report.compare(runs["a"], runs["b"])
+    changes, notes = compare.compare(runs["a"], runs["b"])
     assert not notes and not any(c.regression for c in changes)
     assert {c.trial for c in changes} == {"user-timeout", "expire-nodest-conn"}
 
@@ -69,7 +69,7 @@ def test_worse_setting_is_a_regression_and_fails(
     out = capsys.readouterr().out
     print(out)
     assert "1 regression(s) in measured_outage_s" in out and "REGRESSION" in out
-    changes, _ = report.compare(runs["a"], runs["c"])
+    changes, _ = compare.compare(runs["a"], runs["c"])
     (bad,) = [c for c in changes if c.regression]
     assert bad.trial == "user-timeout" and bad.a is not None and bad.b is not None
     assert bad.b - bad.a > 2.5  # 3 s -> 6 s of TCP_USER_TIMEOUT
@@ -91,4 +91,4 @@ def test_report_writes_the_timeline_plots(runs: dict[str, Path]) -> None:
 
 def test_compare_rejects_an_unknown_metric(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="unknown metric"):
-        report.compare(tmp_path, tmp_path, metric="qps")
+        compare.compare(tmp_path, tmp_path, metric="qps")
