@@ -16,6 +16,7 @@ class Check:
     ok: bool
     detail: str
     required: bool = True
+    fix: str = ""  # what to do when it is not ok (shown only on failing rows)
 
 
 def _tool(name: str, hint: str, required: bool = True) -> Check:
