@@ -1,4 +1,4 @@
-"""Benchmark: the oltp driver against the real sysbench on the same scenario (issue 6).
+"""Benchmark: the oltp driver against the real sysbench on the same scenario.
 
 Runs each trial of scenarios/sysbench-switchover.toml (sysbench, then oltp; 1 thread, the
 LVS-NAT switchover with tcp_retries2=5) one at a time, so neither competes with the other for

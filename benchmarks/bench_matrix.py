@@ -1,4 +1,4 @@
-"""Benchmark: a matrix's wall time against its longest trial (issue 3, bar 2: target <= 1.15).
+"""Benchmark: a matrix's wall time against its longest trial (target <= 1.15).
 
 Trials of a matrix run side by side, each in its own namespaces and subnet, so a matrix should
 cost about its longest trial, not the sum. This runs a scenario as `lab run` does and prints,

@@ -1,4 +1,4 @@
-"""Benchmark: setup + teardown time of one trial's world (issue 2, bar 4: target <= 5 s).
+"""Benchmark: setup + teardown time of one trial's world (target <= 5 s).
 
 Builds what a trial builds before load starts (4 namespaces, veth links, routes, sysctls,
 2 MariaDB servers from the template datadir, the nft virtual service with a real server) and

@@ -64,7 +64,7 @@ PRIVATE_DIR_MODE = 0o700  # a server's folder, the MariaDB template: root only
 def private_dir(path: Path) -> None:
     """Create `path` (and parents) if needed and make it 0700: what a server keeps there (its
     unix socket, its data, its logs) is for root only, whatever the modes of the folders
-    above (issue 13: no local user may reach a lab server)."""
+    above (no local user may reach a lab server)."""
     path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is masked, and an existing dir kept its own
 

@@ -10,7 +10,7 @@ ms) and starts mariadbd (~0.2 s).
 Setup and inspection go over the server's unix socket as root (socket authentication), never
 over TCP from the host namespace: every TCP client of a lab server lives in a lab namespace.
 
-Only root reaches a server (issue 13): its folder (socket, datadir, logs) is 0700, and the
+Only root reaches a server: its folder (socket, datadir, logs) is 0700, and the
 sbtest account's password is random per run (`run_password`), set over the root socket. The
 template keeps the account locked behind a password nobody knows, so the server that copies it
 refuses sbtest logins from the moment it listens on TCP until `start()` has set the run's

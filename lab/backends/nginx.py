@@ -18,7 +18,7 @@ during a trial: if it did, its FIN would travel server -> client (the direction 
 blackhole still forwards) and end the outage early. Hence keepalive_timeout and
 keepalive_time of a day and keepalive_requests of 10^9 (defaults: 75 s, 1 h, 1000).
 
-Only root reaches it (issue 13): its folder is 0700 and `user root` keeps everything nginx
+Only root reaches it: its folder is 0700 and `user root` keeps everything nginx
 creates there (temp dirs) root's; in single-process mode nginx never changes its user anyway.
 
 Health check: GET / over a unix socket the server also listens on (no TCP from the host

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tm = subparsers.add_parser(
         "tm",
         help="traffic manager: shift load off overloaded sites, predict failover, fit max",
-        description="Traffic-manager logic on a state file (format: lab/tm/model.py).",
+        description="Traffic-manager logic on a state file (a TOML of sites and plans; "
+        "see the README).",
     )
     sub = tm.add_subparsers(dest="tm_command", metavar="COMMAND", required=True)
 
@@ -50,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = sub.add_parser(
         "live",
         help="run the control loop on real traffic in the lab (sites, clients, lb; needs root)",
-        description="Run a live scenario (format: lab/tm/live/scenario.py) and print a summary.",
+        description="Run a live scenario (sites, clients, lb; see scenarios/tm/) and print "
+        "a summary.",
     )
     p.add_argument("scenario", type=Path, metavar="SCENARIO", help="scenarios/tm/live-*.toml")
     p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",

@@ -209,7 +209,7 @@ class TrialSettings(Section):
         "mariadb": ("oltp", "sysbench"), "nginx": ("http",),
     }
     # what the real sysbench 1.0.20 binary cannot do (it sets no socket option and no
-    # MYSQL_OPT_*_TIMEOUT, shared/docs/tcp-facts.md 9.2; --rate is an integer tps)
+    # MYSQL_OPT_*_TIMEOUT: read back from its sockets with getsockopt; --rate is an integer tps)
     SYSBENCH_UNSUPPORTED: ClassVar[tuple[str, ...]] = (
         "tcp_user_timeout_ms", "so_keepalive", "tcp_keepidle", "tcp_keepintvl", "tcp_keepcnt",
         "read_timeout_s", "write_timeout_s",

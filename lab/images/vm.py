@@ -1,6 +1,6 @@
 """The lab's VM image: a stock Debian 12 kernel with IP_VS and netem, the lab's packages and its
-Python dependencies, as an ext4 image that qemu boots with -kernel/-initrd (measured recipe:
-shared/docs/recipe-vm-ipvs.md).
+Python dependencies, as an ext4 image that qemu boots with -kernel/-initrd (qemu TCG boots it
+on the PVM hosts where a stock kernel does not boot with -enable-kvm).
 
 Built once per set of inputs (provision.sh, guest-init, the Python requirements, the suite)
 under STATE/<hash>/ and reused until an input changes. Steps: the project's dependencies are

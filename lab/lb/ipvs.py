@@ -2,8 +2,8 @@
 
 Needs a kernel with IP_VS (not this project's CI host: there it runs inside the VM, `make
 vm-test`). The virtual service and its real servers go through pyroute2's IPVS generic-netlink
-API, with two of its defaults overridden (shared/docs/tcp-facts.md 6.5, checked in pyroute2
-0.9.7's ipvs.py): IPVSDest defaults to fwd_method 3 (direct routing), so every add/set passes
+API, with two of its defaults overridden (checked in pyroute2 0.9.7's ipvs.py): IPVSDest
+defaults to fwd_method 3 (direct routing), so every add/set passes
 fwd_method=0 (IP_VS_CONN_F_MASQ, "-m"); and its "update" verb sends a DEL, so weights change
 with "set". The IPVS sysctls are per namespace (/proc/sys/net/ipv4/vs/*, set in the lb
 namespace). The connection table has no netlink dump: `ipvsadm -Lcn` prints it, the very

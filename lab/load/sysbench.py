@@ -17,7 +17,7 @@ restarted sysbench reads it anew). Its lines become the protocol of lab.load.bas
   * "Threads started!" (every thread connected, statements prepared) -> `ready` (first run)
     and one `connected` event per socket, with the socket options read back from sysbench's
     own sockets (pidfd_getfd + getsockopt: sysbench 1.0.20 sets no TCP_USER_TIMEOUT);
-  * each `[ Ns ] thds: .. tps: ..` line (regex of shared/docs/tcp-facts.md 9.3) -> `sample`;
+  * each `[ Ns ] thds: .. tps: ..` line (sysbench 1.0.20's --report-interval line) -> `sample`;
   * `DEBUG: Ignoring error 2013 Lost connection ...` (--verbosity=5 prints it when the error
     happens: sysbench's own error line) -> `error`; `DEBUG: Reconnected` -> `reconnect`.
 

@@ -1,6 +1,6 @@
 """One control step of the traffic manager: take own traffic back, then shed overload.
 
-The rules (issue 7), all in exact fractions:
+The rules, all in exact fractions:
 
 * A site above its max threshold sheds `amount_to_shift` so its load falls to its target
   (load scales linearly with utilisation).

@@ -1,8 +1,8 @@
 """predict() for the LVS engines (lab.model.outage): each fault kind, the LB's options, idle
 connections, the reconnects before the failover.
 
-Measured outages from shared/docs/recipe-host-nftables.md §5 (pymysql through the nft LB) and
-tests/model/test_kernel.py (this VM, HZ=250, tcpi_rto 204 ms).
+Measured outages from pymysql through the nft LB on this project's hosts and from
+tests/model/test_kernel.py (HZ=250, tcpi_rto 204 ms).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ config live there, so setup and health checks go over the unix socket from the h
 process backend, and never over TCP from the host namespace. The containers carry the run's
 labels (lab.backends.docker.engine.run_labels) and are removed, thawed first, on stop().
 
-That folder is 0700 (issue 13: only root reaches a lab server). The lab image's mariadbd and
+That folder is 0700 (only root reaches a lab server). The lab image's mariadbd and
 every nginx run as root in their container; an official mysql/mariadb image's server runs as
 its own `mysql` user, so for it the folder is chowned to that user's uid (read from the image)
 instead of being opened to everyone. The official image's root is created for localhost only

@@ -1,4 +1,4 @@
-"""The traffic manager's control loop on real traffic in the lab (issue 8).
+"""The traffic manager's control loop on real traffic in the lab.
 
 Processes, each inside its own lab namespace:
     site     an HTTP service per site: CPU cost per plan, a CPU budget it enforces, and a
