@@ -411,11 +411,6 @@ def _collect_driver_events(result: TrialResult, driver: DriverProcess) -> None:
     result.verdict = verdict(result.prediction, result.recover_s, result.settings.deadline_s)
 
 
-def tolerance(predicted_s: float) -> float:
-    """How close a measurement must be to its prediction: 5 % or 0.5 s, whichever is larger."""
-    return max(0.05 * predicted_s, 0.5)
-
-
 def verdict(prediction: model.Prediction, measured: float | None, deadline_s: float) -> str:
     predicted = prediction.outage_s
     if measured is None:
@@ -424,6 +419,6 @@ def verdict(prediction: model.Prediction, measured: float | None, deadline_s: fl
         return f"MISMATCH: not recovered within {deadline_s:g}s, model said {predicted:.2f}s"
     if predicted is None:
         return f"MISMATCH: recovered after {measured:.2f}s, model said never"
-    if abs(measured - predicted) <= tolerance(predicted):
-        return f"ok: within {tolerance(predicted):.2f}s of the model"
+    if abs(measured - predicted) <= model.tolerance(predicted):
+        return f"ok: within {model.tolerance(predicted):.2f}s of the model"
     return f"MISMATCH: measured {measured:.2f}s vs model {predicted:.2f}s"

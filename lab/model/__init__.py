@@ -48,6 +48,7 @@ from lab.model.prediction import (
     Mechanism,
     Prediction,
     describe,
+    tolerance,
 )
 from lab.model.proxy import PROXY_CONNECT_TIMEOUT_S
 
@@ -86,5 +87,6 @@ __all__: list[str] = [
     "syn_abort_time",
     "tcp_model_timeout",
     "timer_delay",
+    "tolerance",
     "user_timeout_abort_time",
 ]

@@ -94,3 +94,9 @@ def seen_at(t: float, load: LoadSettings, t_q: float) -> float:
 def failover_at(fault: FaultSettings) -> float:
     """When new connections start going to the other backend (a switchover does it at once)."""
     return 0.0 if fault.kind == "switchover" else fault.failover_after_s + FAILOVER_LAG_S
+
+
+def tolerance(predicted_s: float) -> float:
+    """How close a measurement must be to its prediction for the verdict "ok": 5 % or 0.5 s,
+    whichever is larger (0.5 s covers a reconnect and the 0.1 s sampling on a busy host)."""
+    return max(0.05 * predicted_s, 0.5)

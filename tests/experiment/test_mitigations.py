@@ -17,7 +17,7 @@ import pytest
 
 from lab.config import scenario
 from lab.experiment.matrix import MatrixRun
-from lab.experiment.trial import tolerance
+from lab.model import tolerance
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = scenario.load(ROOT / "scenarios" / "mitigations-short.toml")

@@ -16,7 +16,7 @@ import pytest
 from lab import lb, model
 from lab.config import scenario
 from lab.experiment.matrix import MatrixRun
-from lab.experiment.trial import tolerance
+from lab.model import tolerance
 
 from .evidence import kernel_part
 
