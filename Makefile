@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LAB := $(VENV)/bin/lab
 APT_PACKAGES := mariadb-server mariadb-client nftables tcpdump iproute2 conntrack procps sysbench nginx-light haproxy gcc libc6-dev docker.io debootstrap \
-  qemu-system-x86 e2fsprogs vagrant
+  qemu-system-x86 e2fsprogs vagrant chromium-headless-shell
 SCENARIO ?= scenarios/seed-lvs-mysql.toml
 PYTEST_ARGS ?=
 

@@ -10,9 +10,10 @@ and stops it in teardown (before Network.close, which would kill the capture pro
     result = ev.stop()           # files written; result.facts() for the trial summary
 
 Files in out_dir: client.pcap (and client-<tool>.log, what the capture tool printed),
-retransmits.csv, flows.csv (one row per client->VIP flow, `blackholed` column), sockets.csv,
-lb_connections.csv, evidence.json (capture stats, nstat deltas, the cross-check and the
-snapshot loop's errors).
+retransmits.csv (the retransmissions only), segments.csv (every segment event: originals,
+retransmissions, keepalives, probes, RSTs), flows.csv (one row per client->VIP flow,
+`blackholed` column), sockets.csv, lb_connections.csv, evidence.json (capture stats, nstat
+deltas, the cross-check and the snapshot loop's errors).
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class Evidence:
             "pcap": stats.path,
             "retransmits": retransmits.write_retransmits_csv(
                 self.out_dir / "retransmits.csv", analysis),
+            "segments": retransmits.write_segments_csv(self.out_dir / "segments.csv", analysis),
             "flows": retransmits.write_summary_csv(
                 self.out_dir / "flows.csv", analysis.flows.values()),
             "sockets": self.out_dir / "sockets.csv",

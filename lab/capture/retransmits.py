@@ -72,7 +72,8 @@ def flow_name(src: str, sport: int, dst: str, dport: int) -> str:
 
 @dataclass(slots=True)
 class SegmentEvent:
-    """One row of retransmits.csv. seq is relative to the direction's ISN (like Wireshark)."""
+    """One row of segments.csv (retransmits.csv: the tlp/rto/fast ones). seq is relative to
+    the direction's ISN (like Wireshark)."""
 
     flow: str
     seq: int
@@ -442,8 +443,12 @@ def analyse_pcap(
     return Analysis(t0=origin, events=events, flows=summaries, packets=n)
 
 
-def csv_rows(analysis: Analysis) -> Iterator[dict[str, Any]]:
+def csv_rows(analysis: Analysis, kinds: frozenset[str] | None = None
+             ) -> Iterator[dict[str, Any]]:
+    """The segment events of `kinds` (default: every kind) as CSV rows, t_s from t0."""
     for e in analysis.events:
+        if kinds is not None and e.kind not in kinds:
+            continue
         yield {
             "flow": e.flow, "seq": e.seq, "t_s": f"{e.t - analysis.t0:.6f}", "kind": e.kind,
             "gap_s": "" if e.gap_s is None else f"{e.gap_s:.6f}", "n": e.n, "dir": e.dir,
@@ -452,7 +457,14 @@ def csv_rows(analysis: Analysis) -> Iterator[dict[str, Any]]:
 
 
 def write_retransmits_csv(path: Path | str, analysis: Analysis) -> Path:
-    """retransmits.csv: every segment event (columns CSV_COLUMNS), t_s relative to t0."""
+    """retransmits.csv: the retransmissions only (tlp, rto, fast; columns CSV_COLUMNS), so the
+    file a reader opens to see what TCP did in the outage is not 99.9 % first sends."""
+    return _write(Path(path), CSV_COLUMNS, csv_rows(analysis, RETRANSMISSION_KINDS))
+
+
+def write_segments_csv(path: Path | str, analysis: Analysis) -> Path:
+    """segments.csv: every segment event in time order (originals, retransmissions,
+    keepalives, probes, RSTs, each flow's last packet), the same columns as retransmits.csv."""
     return _write(Path(path), CSV_COLUMNS, csv_rows(analysis))
 
 

@@ -1,7 +1,8 @@
-"""Result files: the contract for comparing runs.
+"""Result files: the contract for comparing runs (README "Result files" describes each).
 
     results/<run-id>/run.json, summary.csv
     results/<run-id>/<trial>/timeline.csv, events.csv, trial.json
+(the capture's files are lab.capture.evidence's; report/ is lab.experiment.report's)
 Times are seconds relative to the trial's load start; the fault time is in events.csv.
 """
 
@@ -17,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lab import version
+from lab import model, version
 from lab.experiment.trial import TrialResult
 
 TIMELINE_COLUMNS = [
@@ -79,7 +80,11 @@ def trial_record(result: TrialResult) -> dict[str, Any]:
         "fault_detail": result.fault_detail or next(
             (d for _, e, d in result.events if e == "fault"), ""),
         "prediction": {"outage_s": p.outage_s, "mechanism": p.mechanism,
-                       "detect_s": p.detect_s, "detail": p.detail},
+                       "detect_s": p.detect_s, "detail": p.detail,
+                       # the model's reasoning in one line, and how close "ok" must be
+                       "reasoning": model.describe(p),
+                       "tolerance_s": None if p.outage_s is None else round(
+                           model.tolerance(p.outage_s), 3)},
         "measured": {"outage_s": result.measured_outage_s, "detect_s": result.detect_s,
                      "recover_s": result.recover_s, "errors": result.errors,
                      "reconnects": result.reconnects},

@@ -390,25 +390,37 @@ def _collect(trial: _Trial, parts: _Parts) -> None:
 
 
 def _collect_driver_events(result: TrialResult, driver: DriverProcess) -> None:
+    """The driver's events on the trial's axis, and what they add up to: errors, reconnects,
+    detection, recovery. `recovered` is written once: the first thread's recovery is the
+    service's, with the outage; a multi-thread load's later ones are `thread_recovered`."""
     fault_t = result.fault_t
-    for ev in driver.output.events:
-        result.event(ev["event"], f"thread {ev.get('thread', 0)}: {ev.get('detail', '')}", ev["t"])
+    events = list(driver.output.events)
+    after = [] if fault_t is None else [e for e in events if e["t"] >= fault_t]
+    recovered = sorted((e for e in after if e["event"] == "recovered"), key=lambda e: e["t"])
+    first = recovered[0] if recovered else None  # written below, with the outage
+    for ev in events:
+        if ev["event"] != "recovered":
+            result.event(ev["event"], _thread_detail(ev), ev["t"])
+        elif ev is not first:
+            result.event("thread_recovered", _thread_detail(ev), ev["t"])
     if fault_t is None:
         result.verdict = "no fault injected"
         return
-    after = [e for e in driver.output.events if e["t"] >= fault_t]
     errors = [e for e in after if e["event"] == "error"]
-    recovered = [e for e in after if e["event"] == "recovered"]
     result.errors = len(errors)
     result.reconnects = sum(1 for e in after if e["event"] == "reconnect")
     if errors:
         result.detect_s = min(e["t"] for e in errors) - fault_t
         result.event("first_error", errors[0].get("detail", ""), min(e["t"] for e in errors))
-    if recovered:
-        t_rec = min(e["t"] for e in recovered)
-        result.recover_s = t_rec - fault_t
-        result.event("recovered", f"outage {result.recover_s:.2f} s", t_rec)
+    if first is not None:
+        result.recover_s = first["t"] - fault_t
+        result.event("recovered", f"outage {result.recover_s:.2f} s; {_thread_detail(first)}",
+                     first["t"])
     result.verdict = verdict(result.prediction, result.recover_s, result.settings.deadline_s)
+
+
+def _thread_detail(ev: dict[str, Any]) -> str:
+    return f"thread {ev.get('thread', 0)}: {ev.get('detail', '')}"
 
 
 def verdict(prediction: model.Prediction, measured: float | None, deadline_s: float) -> str:

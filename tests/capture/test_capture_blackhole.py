@@ -45,6 +45,7 @@ class Outcome:
     stats: CaptureStats
     analysis: retransmits.Analysis
     retransmits_csv: list[dict[str, str]]
+    segments_csv: list[dict[str, str]]
     sockets_csv: list[dict[str, str]]
     lb_csv: list[dict[str, str]]
     counters: dict[str, int]
@@ -144,6 +145,7 @@ table ip lab {{
             return Outcome(
                 tool=tool, stats=result.capture, analysis=result.analysis,
                 retransmits_csv=retransmits.read_retransmits_csv(result.files["retransmits"]),
+                segments_csv=retransmits.read_retransmits_csv(result.files["segments"]),
                 sockets_csv=_read_csv(result.files["sockets"]),
                 lb_csv=_read_csv(result.files["lb_connections"]),
                 counters=result.counters, facts=result.facts(),
@@ -213,6 +215,16 @@ def test_pcap_opens_with_scapy_and_tcpdump(outcome: Outcome) -> None:
                          capture_output=True, text=True, check=True)
     assert len(out.stdout.splitlines()) == len(pkts)
     assert f"> {outcome.vip}.{PORT}:" in out.stdout
+
+
+def test_retransmits_csv_holds_the_retransmissions_only(outcome: Outcome) -> None:
+    """The first sends (thousands in a busy trial) are in segments.csv, not retransmits.csv."""
+    retx, segments = outcome.retransmits_csv, outcome.segments_csv
+    assert retx and {r["kind"] for r in retx} <= retransmits.RETRANSMISSION_KINDS
+    assert [r for r in segments if r["kind"] in retransmits.RETRANSMISSION_KINDS] == retx
+    originals = sum(f.originals for f in outcome.analysis.flows.values())
+    assert sum(r["kind"] == "original" for r in segments) == originals > 10
+    assert len(segments) == len(outcome.analysis.events)
 
 
 def test_retransmissions_back_off_exponentially(outcome: Outcome) -> None:
@@ -305,7 +317,7 @@ def test_lb_connections_csv_like_ipvsadm(outcome: Outcome) -> None:
     # 2026-12-03, the server's retransmission within 0.4 s of the client's abort; the sampler
     # stamps a row when its dump starts, so a CLOSE row can be stamped up to ~10 ms before
     # the RST's capture time (14.789 s vs 14.796 s).
-    rst = min((float(r["t_s"]) for r in outcome.retransmits_csv
+    rst = min((float(r["t_s"]) for r in outcome.segments_csv
                if r["kind"] == "rst" and r["dir"] == "out"), default=math.inf)
     assert {r["state"] for r in rows if float(r["t_s"]) < rst - 0.05} == {"ESTABLISHED"}
     assert {r["state"] for r in rows if float(r["t_s"]) >= rst - 0.05} <= {"ESTABLISHED", "CLOSE"}

@@ -220,6 +220,12 @@ def test_port_filter_and_csv(tmp_path: Path) -> None:
     path = retransmits.write_retransmits_csv(tmp_path / "retransmits.csv", a)
     rows = retransmits.read_retransmits_csv(path)
     assert tuple(rows[0]) == retransmits.CSV_COLUMNS
+    assert [r["kind"] for r in rows] == [e.kind for e in a.retransmissions()]  # no originals
+    segments = retransmits.read_retransmits_csv(
+        retransmits.write_segments_csv(tmp_path / "segments.csv", a))
+    assert len(segments) == len(a.events) and tuple(segments[0]) == retransmits.CSV_COLUMNS
+    assert {"original", "last"} <= {r["kind"] for r in segments}
+    assert [r for r in segments if r["kind"] in retransmits.RETRANSMISSION_KINDS] == rows
     tlp = next(r for r in rows if r["kind"] == "tlp")
     assert tlp["seq"] == "17" and tlp["n"] == "1" and float(tlp["t_s"]) == pytest.approx(0.405)
     summary = retransmits.write_summary_csv(tmp_path / "s.csv", a.blackholed())

@@ -145,7 +145,14 @@ def test_evidence_of_a_short_outage(network: Network, tmp_path: Path, tool: str)
     assert saved["counters_delta"] == result.counters
     (flow,) = _csv(result.files["flows"])
     assert flow["blackholed"] == "False" and int(flow["retransmissions"]) >= 2
-    assert len(_csv(result.files["retransmits"])) == len(result.analysis.events)
+    # retransmits.csv: the retransmissions only; segments.csv: every segment event
+    retx = _csv(result.files["retransmits"])
+    assert len(retx) == len(result.analysis.retransmissions()) == int(flow["retransmissions"])
+    assert {r["kind"] for r in retx} <= retransmits.RETRANSMISSION_KINDS
+    segments = _csv(result.files["segments"])
+    assert len(segments) == len(result.analysis.events)
+    assert sum(r["kind"] == "original" for r in segments) == int(flow["originals"]) > 10
+    assert [r for r in segments if r["kind"] in retransmits.RETRANSMISSION_KINDS] == retx
     assert any(row for row in _csv(result.files["sockets"]))  # the client's socket was seen
     log = (out / f"client-{tool}.log").read_text()
     assert ("listening on" if tool == "tcpdump" else "READY") in log

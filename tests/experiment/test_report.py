@@ -80,9 +80,13 @@ def test_worse_setting_is_a_regression_and_fails(
 @pytest.mark.root
 def test_report_writes_the_timeline_plots(runs: dict[str, Path]) -> None:
     paths = report.make_report(runs["c"])
-    names = {p.name for p in paths}
-    assert {"timelines.png", "predicted_vs_measured.png"} <= names, names
-    for p in paths:
+    names = [p.name for p in paths]
+    # the page to open first, then the figures in its order: the outages lead
+    assert names[:4] == ["index.html", "outages.png", "predicted_vs_measured.png",
+                         "timelines.png"], names
+    assert names[4:] == ["timeline.png"] * 2  # each trial's
+    assert all(p.parent == runs["c"] / "report" for p in paths[:4])
+    for p in paths[1:]:
         with Image.open(p) as img:
             assert img.width >= 600 and img.height >= 300
             # a plot, not an empty canvas: many distinct colours

@@ -62,6 +62,12 @@ def test_trial_files_are_relative_to_the_trial_start(tmp_path: Path) -> None:
     assert record["fault_t_s"] == 5.0
     assert record["fault_detail"] == "crash: all packets on backend1:to-lb dropped (no RST)"
     assert record["prediction"]["mechanism"] == result.prediction.mechanism
+    # the model's reasoning, as the report shows it, and the verdict's tolerance
+    assert record["prediction"]["reasoning"] == model.describe(result.prediction)
+    assert result.prediction.detail in record["prediction"]["reasoning"]
+    predicted = result.prediction.outage_s
+    assert predicted is not None
+    assert record["prediction"]["tolerance_s"] == round(model.tolerance(predicted), 3)
     assert record["measured"] == {"outage_s": 6.2, "detect_s": 6.0, "recover_s": 6.2,
                                   "errors": 1, "reconnects": 1}
     assert record["settings"]["client"]["tcp_retries2"] == 5

@@ -69,6 +69,35 @@ def test_matrix_wrote_every_result_file(ci_run: tuple[Path, dict[str, dict], tup
 
 
 @pytest.mark.root
+def test_each_trial_recovers_once_and_retransmits_csv_holds_retransmissions(
+    ci_run: tuple[Path, dict[str, dict], tuple]
+) -> None:
+    """One `recovered` event per trial, with the outage and the thread's detail; the capture's
+    first sends are in segments.csv, retransmits.csv has the retransmissions alone."""
+    run_dir, rows, _ = ci_run
+    for name, row in rows.items():
+        recovered = [e for e in events(run_dir / name) if e["event"] == "recovered"]
+        assert len(recovered) == 1, (name, recovered)
+        outage, _, thread = recovered[0]["detail"].partition("; ")
+        assert outage.startswith("outage ") and thread.startswith("thread 0: txn started")
+        assert float(outage.split()[1]) == pytest.approx(float(row["measured_outage_s"]),
+                                                         abs=0.006)
+        retx = [r["kind"] for r in capture_rows(run_dir / name, "retransmits.csv")]
+        kinds = [r["kind"] for r in capture_rows(run_dir / name, "segments.csv")]
+        assert set(retx) <= {"tlp", "rto", "fast"}, name
+        assert retx == [k for k in kinds if k in ("tlp", "rto", "fast")], name
+        assert kinds.count("original") > 1000, name  # a busy OLTP load's first sends
+    blackholed = rows["switchover-retries2-5"]
+    assert len(capture_rows(run_dir / blackholed["trial"], "retransmits.csv")) >= int(
+        blackholed["retrans_count"]) >= 5  # the blackholed episode's TLP and RTOs at least
+
+
+def capture_rows(trial_dir: Path, name: str) -> list[dict[str, str]]:
+    with open(trial_dir / name) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.root
 def test_retries2_5_blackhole(ci_run: tuple[Path, dict[str, dict], tuple]) -> None:
     run_dir, rows, _ = ci_run
     row = rows["switchover-retries2-5"]
