@@ -25,6 +25,12 @@ stdout (driver -> trial)
                        from it, so the model knows how long the connection had been idle
   samples also carry "interval_s" (1.0; the last, partial one printed on stop is shorter,
   its counts still per second)
+  lat_p95_ms (oltp, http): the 95th percentile over the requests that completed in the
+      interval (a request ends with a good transaction; failed attempts before it are part of
+      it, as sysbench restarts an event) and the age at t of every request still in flight,
+      so during an outage it grows by 1000 ms a second instead of reading 0
+  lat_p95_ms (sysbench): sysbench's own figure, over the events completed in the interval
+      only; sysbench cannot report a request in flight, so it reads 0 during an outage
 stdin (trial -> driver)
   "fault T"   the fault was injected at T (recovered events refer to it)
   "stop"      finish the current second, print the last sample, exit 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import http.client
 import sys
-import time
 
 from lab.load import runtime
 from lab.load.oltp import OltpConfig, Target
@@ -115,7 +114,7 @@ class HttpWorker(runtime.Worker[_Connection]):
     def _transaction(self) -> bool:
         if self.conn is None:  # closed by the server after its last answer
             self._connect(after_error=False)
-        start = time.monotonic()
+        start = self._begin()
         try:
             self.last_body = self._request()
         except HttpError as exc:

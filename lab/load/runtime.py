@@ -281,6 +281,9 @@ class Worker(threading.Thread, Generic[ConnT]):
         self.recovered_generation = 0
         self.recovered_lock = threading.Lock()  # worker and main thread both check
         self.was_ready = False
+        # when the request in flight began (None: none, e.g. an idle sleep); a failed
+        # transaction leaves it, since the request is retried (see `_begin`)
+        self.request_since: float | None = None
 
     # what a driver fills in
     def _open(self) -> None:
@@ -329,16 +332,38 @@ class Worker(threading.Thread, Generic[ConnT]):
             b.errors += int(error)
             b.reconnects += int(reconnect)
 
+    def _begin(self) -> float:
+        """A transaction starts now (returned); a request starts with it unless one is already
+        in flight. A request is what sysbench calls an event: it ends only when a transaction
+        succeeds, a failed one is retried within it (sysbench's RESTART_EVENT, an application
+        retrying), so a request caught by an outage is as old as the outage."""
+        now = time.monotonic()
+        with self.lock:
+            if self.request_since is None:
+                self.request_since = now
+        return now
+
+    def inflight_age(self, t: float) -> float | None:
+        """How long the request in flight at `t` has waited so far (None: none in flight)."""
+        with self.lock:
+            since = self.request_since
+        return None if since is None or since > t else t - since
+
     def _failed(self, detail: str, *, r: int = 0, w: int = 0, o: int = 0) -> None:
-        """A failed transaction: counted (with the statements that did succeed), reported."""
+        """A failed transaction: counted (with the statements that did succeed), reported.
+        Its request stays in flight: the next transaction retries it."""
         now = time.monotonic()
         self._count(now, r=r, w=w, o=o, error=True)
         emit_event("error", self.index, detail, now)
 
     def _completed(self, start: float, *, r: int = 0, w: int = 0, o: int = 0) -> None:
-        """A good transaction: counted, a recovery candidate, and the first one means ready."""
+        """A good transaction (started at `start`, by `_begin`): counted, with its request's
+        latency (failed attempts included), a recovery candidate, the first one means ready."""
         end = time.monotonic()
-        self._count(end, r=r, w=w, o=o, txn_latency=end - start)
+        with self.lock:
+            since = self.request_since if self.request_since is not None else start
+            self.request_since = None
+        self._count(end, r=r, w=w, o=o, txn_latency=end - since)
         with self.lock:
             self.recent_ok.append((start, end))
         self._check_recovered(start, end)
@@ -437,9 +462,17 @@ class Driver:
         self.next_index = 0  # the sample interval to print next
 
     def sample(self, upto: int, t: float, interval: float) -> dict[str, Any]:
+        """The sample of the intervals up to `upto`, taken at `t`. Its lat_p95_ms is over the
+        requests that completed in it and the age at `t` of each request still in flight, so
+        a stalled request shows as a latency growing second by second, not as silence."""
         total = Bucket()
         for w in self.workers:
+            # in flight first: a request that completes meanwhile ends after t, in a later
+            # bucket, so it is counted here by its age at t and there by its latency
+            age = w.inflight_age(t)
             total.merge(w.drain(upto))
+            if age is not None:
+                total.latencies.append(age * 1000.0)
         per_s = 1.0 / interval if interval > 0 else 0.0
 
         def rate(n: int) -> float:

@@ -130,6 +130,38 @@ def test_read_timeout_on_a_hung_server_then_recovery(
 
 
 @pytest.mark.root
+def test_a_stalled_request_shows_as_latency_across_its_retries(
+    network: Network, server: NginxServer, tmp_path: Path
+) -> None:
+    """nginx stopped for 3 s: each attempt times out after 0.5 s and is retried on a new
+    connection (the kernel still accepts them). The request is one request from the first
+    attempt to the answer: lat_p95_ms grows by about 1000 ms a second, then falls back."""
+    driver = start_driver(network, server, tmp_path, ClientSettings(read_timeout_s=0.5))
+    pid = server.pid
+    assert pid is not None
+    try:
+        time.sleep(0.2)
+        fault_t = time.monotonic()
+        driver.mark_fault(fault_t)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(3.3)
+        os.kill(pid, signal.SIGCONT)
+        wait_for(driver, lambda e: e["event"] == "recovered", 3)
+        time.sleep(1.1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        driver.stop()
+    # the seconds wholly inside the stop
+    inside = [s for s in driver.output.samples if fault_t + 1 < s["t"] < fault_t + 3.3]
+    stalled = [(round(s["t"] - fault_t, 2), s["lat_p95_ms"] / 1000) for s in inside]
+    print(f"\n(seconds since the fault, lat_p95 s) while nginx is stopped: {stalled}")
+    assert len(inside) >= 2 and all(s["tps"] == 0 for s in inside)
+    assert all(abs(lat - since) < 0.3 for since, lat in stalled), stalled
+    assert len(events(driver, "error")) >= 4  # one per timed-out attempt
+    assert driver.output.samples[-1]["lat_p95_ms"] < 100  # served again
+
+
+@pytest.mark.root
 def test_killed_server_resets_then_the_pool_reconnects(
     network: Network, server: NginxServer, tmp_path: Path
 ) -> None:

@@ -175,6 +175,10 @@ def test_blackhole_error_reconnect_recovered(
         assert driver.stop() == 0
     outage = [s for s in driver.output.samples if fault_t + 1 < s["t"] <= error["t"]]
     assert outage and all(s["tps"] == 0 for s in outage)
+    # the blocked request counts by its age: the latency grows with the outage, not 0
+    ages = [(round(s["t"] - fault_t, 2), s["lat_p95_ms"] / 1000) for s in outage]
+    print(f"(seconds since the fault, lat_p95 s) during the outage: {ages}")
+    assert all(abs(lat - since) < 0.3 for since, lat in ages), ages
     assert sum(s["errors"] for s in driver.output.samples) >= 1
     assert sum(s["reconnects"] for s in driver.output.samples) == 1
     assert driver.output.samples[-1]["tps"] > 0

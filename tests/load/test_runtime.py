@@ -64,6 +64,28 @@ def test_samples_are_per_second_rates_of_every_worker() -> None:
     assert (partial["reconnects"], partial["interval_s"]) == (2.0, 0.5)
 
 
+def test_a_request_in_flight_counts_by_its_age(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stalled request shows in lat_p95_ms as its age; a failed attempt does not end it."""
+    cfg = OltpConfig(target=Target(host="198.18.0.2"), load=LoadSettings(threads=2))
+    driver = Driver(cfg, OltpWorker)
+    stuck, idle = driver.workers
+    start = stuck._begin()
+    driver.clock.t0 = start - 0.5
+    assert stuck.inflight_age(start + 3.0) == pytest.approx(3.0)
+    assert stuck.inflight_age(start - 0.1) is None  # not yet started at that instant
+    assert idle.inflight_age(start + 3.0) is None
+    sample = driver.sample(3, start + 3.0, 1.0)
+    assert (sample["tps"], sample["lat_p95_ms"]) == (0.0, pytest.approx(3000.0))
+    stuck._failed("2013 Lost connection to MySQL server during query")
+    retry = stuck._begin()
+    assert stuck.request_since == start  # the retry is the same request
+    stuck._completed(retry)
+    assert stuck.request_since is None and stuck.inflight_age(retry + 1) is None
+    (latency,) = stuck.drain(10**6).latencies  # the request's, failed attempt included
+    assert latency >= 1000.0 * (retry - start)
+    assert '"event": "error"' in capsys.readouterr().out
+
+
 def test_connected_event_names_the_socket(capsys: pytest.CaptureFixture[str]) -> None:
     emit_connected(3, "198.18.0.1:40000", "198.18.0.2:3306", {"TCP_USER_TIMEOUT": 5}, pid=42)
     record = json.loads(capsys.readouterr().out)
