@@ -4,20 +4,26 @@
     lab vm test [ARGS]     boot it, run the VM tests inside (pytest -m vm tests/vm), exit
                            with their status; the guest's results land in results/vm-<stamp>/
     lab vm run 'CMD'       boot it and run a shell command in /project (the checkout)
+
+The job's output is printed on stdout as the guest writes it (and kept in out/job.log), the
+guest's serial console on stderr ("vm console: ..."), like the image build's progress and the
+VM's summary line, so `lab vm run 'CMD' > out` holds the job's output only.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lab.cli.output import emit, warn
 from lab.images import vm as image
-from lab.vm import runner
+from lab.vm import follow, runner
 
-GUEST_ENV = "export PYTHONPATH=/project PYTHONDONTWRITEBYTECODE=1 BHL_VM_OUT=/out"
+# PYTHONUNBUFFERED: the guest's output reaches job.log (and the host's terminal) line by line
+GUEST_ENV = ("export PYTHONPATH=/project PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 "
+             "BHL_VM_OUT=/out")
 GUEST_PY = "/opt/blackhole-lab/venv/bin/python"
 
 
@@ -38,15 +44,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def build_image() -> image.BuildReport:
-    def log(line: str) -> None:
-        print(f"vm image: {line}", flush=True)
-
-    report = image.build(log=log)
+    report = image.build(say=warn)
     verb = "built in" if report.built else "current (built earlier); checked in"
-    print(f"vm image {report.image.dir.name}: {verb} {report.seconds:.1f} s, "
-          f"{report.size_bytes / 2**20:.0f} MiB (kernel + initrd + ext4, apparent size)",
-          flush=True)
+    warn(f"vm image {report.image.dir.name}: {verb} {report.seconds:.1f} s, "
+         f"{report.size_bytes / 2**20:.0f} MiB (kernel + initrd + ext4, apparent size)")
     return report
+
+
+def console_line(line: str) -> None:
+    warn(f"vm console: {follow.printable(line)}")
 
 
 def pytest_job(args: list[str]) -> str:
@@ -58,27 +64,27 @@ def pytest_job(args: list[str]) -> str:
 def run_in_vm(job: str, out_root: Path, tag: str) -> runner.VmRun:
     build_image()
     out = out_root / f"vm-{tag}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}"
-    result = runner.run_job(image.current(), job, out.resolve())
+    warn(f"vm: booting ({runner.accelerator()[1]}); the job's output follows as it comes")
+    result = runner.run_job(image.current(), job, out.resolve(), on_output=emit,
+                            on_console=console_line)
     boot = "?" if result.boot_s is None else f"{result.boot_s:.1f}"
-    print(f"vm: {result.accel}; guest init after {boot} s, boot to end of job "
-          f"{result.wall_s:.1f} s, exit code {result.rc}; output in {out}", flush=True)
+    warn(f"vm: {result.accel}; guest init after {boot} s, boot to end of job "
+         f"{result.wall_s:.1f} s, exit code {result.rc}; output in {out}")
     return result
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     if args.force:
-        image.build(force=True)
+        image.build(force=True, say=warn)
     build_image()
     return 0
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     result = run_in_vm(pytest_job(list(args.pytest_args)), args.out, "test")
-    sys.stdout.write(result.log)
     return 1 if result.rc is None else result.rc
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     result = run_in_vm(f"{GUEST_ENV}\n{args.command}", args.out, "run")
-    sys.stdout.write(result.log)
     return 1 if result.rc is None else result.rc

@@ -46,7 +46,14 @@ def _binary(name: str, package: str) -> Check:
 
 
 def _docker() -> None:
-    from lab.backends.docker import engine  # only then: it imports the docker SDK
+    """An engine for provider "docker", and first the SDK, an optional extra: without it the
+    run stops here with the pip line, not in the middle of a build with an ImportError."""
+    try:
+        import docker  # noqa: F401
+    except ImportError:
+        raise LabError("provider 'docker' needs the docker Python module, which is not "
+                       "installed", "pip install 'blackhole-lab[docker]'") from None
+    from lab.backends.docker import engine  # only now: it imports the docker SDK
     usable, detail = engine.status()
     if not usable:
         raise LabError(f"provider 'docker': {detail}", "install docker.io ('make setup') "

@@ -2,10 +2,11 @@
 image of lab.images.vm, the container image of lab.images.docker): no registry is needed, only
 the Debian mirror this host's apt already uses.
 
-We shell out: debootstrap has no library interface. It runs in its own session, so on Ctrl-C
-or SIGTERM its whole process group (dpkg and tar in the chroot too) is killed before the
-caller removes the target, and nothing writes into a deleted folder afterwards (measured:
-killing only the top process leaves its children writing).
+We shell out: debootstrap has no library interface. It, and every build step with a log
+(provision.sh in the chroot, tar, mkfs), runs in its own session, so on Ctrl-C or SIGTERM its
+whole process group (dpkg and tar in the chroot too) is killed before the caller removes the
+target, and nothing writes into a deleted folder afterwards (measured: killing only the top
+process leaves its children writing).
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
-from lab.net.process import ChildProcess, require_binary, tail, wait_until
+from lab.images.progress import last_line
+from lab.net.process import ChildProcess, require_binary, wait_until
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -54,7 +57,8 @@ def check_debootstrap() -> str:
 def debootstrap(target: Path, log_file: Path, *, include: Sequence[str] = (),
                 variant: str = "minbase", mirror: str | None = None,
                 cache_dir: Path | None = None) -> None:
-    """debootstrap SUITE into target; its output goes to log_file, its tail into the error."""
+    """debootstrap SUITE into target; its output goes to log_file, its last line into the
+    error, and debootstrap's own log in the target (which goes with it) onto log_file."""
     argv = [check_debootstrap(), f"--variant={variant}"]
     if include:
         argv.append("--include=" + ",".join(include))
@@ -62,20 +66,30 @@ def debootstrap(target: Path, log_file: Path, *, include: Sequence[str] = (),
         cache_dir.mkdir(parents=True, exist_ok=True)
         argv.append(f"--cache-dir={cache_dir}")
     argv += [SUITE, str(target), mirror or host_mirror()]
-    # its own session (ChildProcess): the group is what kill_group kills
     path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    child = ChildProcess(argv, log_file, mode="w", env={**os.environ, "PATH": path})
+    rc = run_in_session(argv, log_file, env={**os.environ, "PATH": path}, mode="w")
+    if rc != 0:
+        said = last_line(log_file)
+        inner = target / "debootstrap" / "debootstrap.log"
+        with contextlib.suppress(OSError), open(log_file, "a") as log:
+            log.write(f"--- {inner} ---\n{inner.read_text(errors='replace')}")
+        raise LabError(f"debootstrap exited {rc}: {said}",
+                       "is the Debian mirror reachable? set BHL_DEBIAN_MIRROR to another")
+    unmount_under(target)
+
+
+def run_in_session(argv: Sequence[str], log_file: Path, *, mode: str = "a",
+                   env: dict[str, str] | None = None) -> int:
+    """Run argv in its own session, its output on log_file; its exit code. On Ctrl-C or
+    SIGTERM its whole process group is killed first (a chroot's dpkg too), then it raises."""
+    child = ChildProcess(argv, log_file, mode=mode, env=env)
     try:
-        rc = child.proc.wait()
+        return child.proc.wait()
     except BaseException:
         kill_group(child.proc)
         raise
     finally:
         child.stop()  # it has exited (or its group was killed): reaps it, closes the log
-    if rc != 0:
-        raise LabError(f"debootstrap failed ({rc}):\n{tail(log_file, 15)}",
-                       "is the Debian mirror reachable? set BHL_DEBIAN_MIRROR to another")
-    unmount_under(target)
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -120,10 +134,17 @@ def remove_tree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_logged(argv: Sequence[str], what: str, log: Callable[[str], None] | None = None) -> None:
-    """Run a build step; on failure a LabError with the tail of its output."""
-    if log:
-        log(what)
+def run_logged(argv: Sequence[str], what: str, log_file: Path | None = None) -> None:
+    """Run a build step; on failure a LabError with the end of its output. With log_file, the
+    output is appended there as it comes (a stage's log) and the error has its last line."""
+    if log_file is not None:
+        with open(log_file, "a") as log:
+            log.write(f"$ {shlex.join(argv)}\n")
+        rc = run_in_session(argv, log_file)
+        if rc != 0:
+            raise LabError(f"{what} failed (exit {rc}): {last_line(log_file)}",
+                           "see its log; the build starts from scratch next time")
+        return
     proc = subprocess.run(list(argv), capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])

@@ -7,6 +7,10 @@ once when the tagged image is present (idempotent). The rootfs and tarball live 
 that is removed after the import, whatever happens (also when a killed build left one).
 MariaDB's datadir in the image is the one the package postinst initialised (root via
 unix_socket), so a container needs no mariadb-install-db.
+
+Each stage (debootstrap, tar, docker import) prints its time; a failed one keeps its log in
+BUILD_ROOT/logs/ (lab.images.progress). The docker SDK is imported only by the functions that
+talk to an engine, so image_ref() and clean() work without it.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import docker
-import docker.errors
+from lab.errors import LabError
+from lab.images import debootstrap, progress
+from lab.images.progress import Say
 
-from lab.images import debootstrap
+if TYPE_CHECKING:  # the SDK is an optional extra (blackhole-lab[docker]): imported on use
+    import docker
 
 REPOSITORY = "blackhole-lab/base"
 SUITE = debootstrap.SUITE
@@ -36,6 +41,7 @@ RECIPE_VERSION = 1  # bump when the build steps below change what ends up in the
 # Beside the lab's private dockerd data-root (lab.backends.docker.engine), which loads the
 # image from here; the label marks the images this module made, so `lab clean` knows them.
 BUILD_ROOT = Path(os.environ.get("BHL_IMAGE_BUILD_ROOT", "/var/lib/blackhole-lab/image-build"))
+TITLE = "docker image"
 LABEL_IMAGE = "blackhole-lab.image"
 # what a container gets from the image (docker import keeps no metadata of its own)
 CHANGES = ("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
@@ -67,6 +73,8 @@ def image_ref() -> str:
 
 def find(client: docker.DockerClient) -> int | None:
     """The lab image's size in bytes if the engine has it."""
+    import docker.errors
+
     try:
         return int(client.images.get(image_ref()).attrs.get("Size", 0))
     except docker.errors.ImageNotFound:
@@ -78,7 +86,7 @@ def clean() -> list[str]:
     if not BUILD_ROOT.is_dir():
         return []
     removed = []
-    with open(BUILD_ROOT / ".lock", "w") as lock:
+    with open(BUILD_ROOT / ".lock", "a") as lock:  # "a": the holder's pid in it stays
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,7 +98,7 @@ def clean() -> list[str]:
 
 
 def build(client: docker.DockerClient, *, mirror: str | None = None,
-          log: Callable[[str], None] = print) -> BuildReport:
+          say: Say = progress.to_stderr, heartbeat_s: float = progress.HEARTBEAT_S) -> BuildReport:
     """The lab image in `client`'s engine; built only when absent (serialised by an flock)."""
     t0 = time.monotonic()
     ref = image_ref()
@@ -99,8 +107,7 @@ def build(client: docker.DockerClient, *, mirror: str | None = None,
         return BuildReport(ref, False, time.monotonic() - t0, size)
     debootstrap.check_debootstrap()
     BUILD_ROOT.mkdir(parents=True, exist_ok=True)
-    with open(BUILD_ROOT / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with progress.exclusive(BUILD_ROOT / ".lock", TITLE, say):
         size = find(client)
         if size is not None:  # another builder finished while we waited
             return BuildReport(ref, False, time.monotonic() - t0, size)
@@ -109,7 +116,10 @@ def build(client: docker.DockerClient, *, mirror: str | None = None,
         work = BUILD_ROOT / f"build-{os.getpid()}-{secrets.token_hex(3)}"
         work.mkdir()
         try:
-            _debootstrap_and_import(client, work, mirror or debootstrap.host_mirror(), ref, log)
+            with progress.Build(TITLE, BUILD_ROOT / "logs", say, stages=3,
+                                heartbeat_s=heartbeat_s) as stages:
+                _debootstrap_and_import(client, work, mirror or debootstrap.host_mirror(), ref,
+                                        stages)
         finally:
             debootstrap.remove_tree(work)
     size = find(client)
@@ -119,22 +129,31 @@ def build(client: docker.DockerClient, *, mirror: str | None = None,
 
 
 def _debootstrap_and_import(client: docker.DockerClient, work: Path, mirror: str, ref: str,
-                            log: Callable[[str], None]) -> None:
+                            stages: progress.Build) -> None:
+    import docker.errors
+
     rootfs = work / "rootfs"
-    log(f"image {ref}: debootstrap {SUITE} ({VARIANT} + {', '.join(PACKAGES)}) from {mirror}")
-    debootstrap.debootstrap(rootfs, work / "debootstrap.log", include=PACKAGES,
-                            variant=VARIANT, mirror=mirror)
+    with stages.stage("debootstrap", f"{SUITE} {VARIANT} + {', '.join(PACKAGES)} from "
+                      f"{mirror}, for {ref}") as log:
+        debootstrap.debootstrap(rootfs, log, include=PACKAGES, variant=VARIANT, mirror=mirror)
     for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
         for item in (rootfs / junk).glob("*"):
             if item.is_file():
                 item.unlink()
     tarball = work / "rootfs.tar"
-    log(f"image {ref}: importing")
-    # shelling out: tar(1) keeps owners, modes, devices and xattrs exactly; the SDK imports
-    # a tarball but cannot make one from a directory
-    subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf",
-                    str(tarball), "."], check=True, capture_output=True)
+    with stages.stage("tar", "the root filesystem, owners and xattrs kept") as log:
+        # shelling out: tar(1) keeps owners, modes, devices and xattrs exactly; the SDK
+        # imports a tarball but cannot make one from a directory
+        debootstrap.run_logged(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf",
+                                str(tarball), "."], "tar", log)
     shutil.rmtree(rootfs, ignore_errors=True)
     repository, tag = ref.rsplit(":", 1)
-    client.api.import_image(src=str(tarball), repository=repository, tag=tag,
-                            changes=[*CHANGES, f"LABEL {LABEL_IMAGE}={tag}"])
+    with stages.stage("docker import", f"as {ref}") as log:
+        try:
+            said = client.api.import_image(src=str(tarball), repository=repository, tag=tag,
+                                           changes=[*CHANGES, f"LABEL {LABEL_IMAGE}={tag}"])
+        except docker.errors.DockerException as exc:
+            log.write_text(f"{exc}\n")
+            raise LabError(f"the engine refused the import: {exc}",
+                           "is the engine's data-root full or read-only?") from None
+        log.write_text(said if isinstance(said, str) else json.dumps(said))

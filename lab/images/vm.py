@@ -6,25 +6,26 @@ Built once per set of inputs (provision.sh, guest-init, the Python requirements,
 under STATE/<hash>/ and reused until an input changes. Steps: the project's dependencies are
 downloaded on the host as wheels for the guest's Python (3.11, manylinux); debootstrap makes a
 minimal bookworm; provision.sh (the same script the Vagrantfile runs) installs the packages in
-a chroot and the wheels offline into /opt/blackhole-lab/venv; mkfs.ext4 -d packs it.
+a chroot and the wheels offline into /opt/blackhole-lab/venv; mkfs.ext4 -d packs it. Each step
+prints its time (lab.images.progress); a failed one keeps its log in STATE/logs/.
+
+accelerator() is here, below lab.vm, so that `lab doctor` (lab.ops) says what qemu will use.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.images import debootstrap
+from lab.images import debootstrap, progress
+from lab.images.progress import Say
 from lab.net.process import require_binary
 
 HERE = Path(__file__).resolve().parent
@@ -32,24 +33,55 @@ PROJECT = HERE.parents[1]
 PROVISION = HERE / "provision.sh"
 GUEST_INIT = HERE / "guest-init"
 STATE = Path(os.environ.get("BHL_VM_DIR", "/var/lib/blackhole-lab/vm"))
+LOGS = STATE / "logs"  # a failed build's stage logs, until the next build
+TITLE = "vm image"
 IMAGE_SIZE = "4G"
 GUEST_PYTHON = "3.11"  # bookworm's python3
-# what the guest does not need: the linter
-NOT_IN_GUEST = ("ruff",)
+# what the guest does not need: the linter, and the project itself (the guest runs the
+# checkout, shared over 9p; an extra may name it to pull in the others)
+NOT_IN_GUEST = ("ruff", "blackhole-lab")
 
 
 def requirements() -> list[str]:
-    """The project's runtime and test dependencies (pyproject.toml), for the guest's venv."""
+    """The project's dependencies and every extra's (pyproject.toml: tests, report, docker
+    SDK), for the guest's venv: the guest runs whatever the checkout runs."""
     meta = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
-    reqs = [*meta["dependencies"], *meta.get("optional-dependencies", {}).get("dev", [])]
+    reqs = [*meta["dependencies"]]
+    for extra in meta.get("optional-dependencies", {}).values():
+        reqs += [r for r in extra if r not in reqs]
     return [r for r in reqs if not r.lower().startswith(NOT_IN_GUEST)]
 
 
-def inputs_key() -> str:
+def accelerator() -> tuple[list[str], str]:
+    """qemu arguments for the best accelerator here, and why it was chosen.
+
+    KVM only where the host has hardware virtualisation (kvm_intel or kvm_amd loaded) and
+    /dev/kvm opens; a /dev/kvm from another provider (kvm_pvm, on this project's CI hosts,
+    does not boot a stock Debian kernel) gets TCG, software emulation.
+    """
+    tcg = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    hw = [m for m in ("kvm_intel", "kvm_amd") if Path(f"/sys/module/{m}").exists()]
+    if not Path("/dev/kvm").exists():
+        return tcg, "tcg: no /dev/kvm"
+    if not hw:
+        others = ", ".join(sorted(p.name for p in Path("/sys/module").glob("kvm_*")))
+        pvm = ", which cannot boot a stock kernel" if others == "kvm_pvm" else ""
+        return tcg, "tcg: /dev/kvm without kvm_intel/kvm_amd" + (
+            f" (it is {others}'s{pvm})" if others else "")
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        return tcg, f"tcg: /dev/kvm does not open ({exc.strerror})"
+    return ["-accel", "kvm", "-cpu", "host"], f"kvm ({hw[0]})"
+
+
+def inputs_key(reqs: list[str] | None = None) -> str:
+    """The hash of the image's inputs (`reqs`: requirements(), read once by a build)."""
     h = hashlib.sha256()
     for f in (PROVISION, GUEST_INIT):
         h.update(f.read_bytes())
-    h.update(json.dumps([requirements(), debootstrap.SUITE, IMAGE_SIZE]).encode())
+    h.update(json.dumps([requirements() if reqs is None else reqs, debootstrap.SUITE,
+                         IMAGE_SIZE]).encode())
     return h.hexdigest()[:12]
 
 
@@ -89,24 +121,24 @@ def current() -> Image:
     return Image(STATE / inputs_key())
 
 
-def _download_wheels(dest: Path, reqs: Path) -> None:
+def _download_wheels(dest: Path, reqs: Path, log: Path) -> None:
     """The guest's wheels, fetched by the host's pip (its index and certificates)."""
     platforms = ["manylinux_2_36_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
                  "manylinux2014_x86_64", "linux_x86_64"]
-    argv = [sys.executable, "-m", "pip", "download", "-q", "-d", str(dest),
+    argv = [sys.executable, "-m", "pip", "download", "--progress-bar", "off", "-d", str(dest),
             "--only-binary=:all:", "--python-version", GUEST_PYTHON, "--implementation", "cp",
             "--abi", f"cp{GUEST_PYTHON.replace('.', '')}", "--abi", "abi3", "--abi", "none"]
     for p in platforms:
         argv += ["--platform", p]
-    debootstrap.run_logged([*argv, "-r", str(reqs)], "VM image: pip download of the wheels")
+    debootstrap.run_logged([*argv, "-r", str(reqs)], "pip download of the wheels", log)
 
 
-def _provision(rootfs: Path, work: Path, chroot: str, log: Callable[[str], None]) -> None:
+def _provision(rootfs: Path, work: Path, chroot: str, log: Path) -> None:
     """provision.sh in a chroot: /proc, /sys, /dev mounted, services kept from starting."""
     opt = rootfs / "opt" / "blackhole-lab"
     opt.mkdir(parents=True, exist_ok=True)
     shutil.copy(PROVISION, opt / "provision.sh")
-    (opt / "requirements.txt").write_text("\n".join(requirements()) + "\n")
+    shutil.copy(work / "requirements.txt", opt / "requirements.txt")  # what the wheels are of
     shutil.copytree(work / "wheelhouse", opt / "wheelhouse")
     shutil.copy("/etc/resolv.conf", rootfs / "etc" / "resolv.conf")  # apt in the chroot
     policy = rootfs / "usr" / "sbin" / "policy-rc.d"
@@ -118,19 +150,18 @@ def _provision(rootfs: Path, work: Path, chroot: str, log: Callable[[str], None]
         for src, dst, opts in mounts:
             source = src if opts[0] == "-t" else f"/{src}"
             debootstrap.run_logged(["mount", *opts, source, str(rootfs / dst)],
-                                   f"VM image: mount {dst} in the chroot")
-        log("provision.sh in the chroot (packages, the lab's venv) ...")
+                                   f"mount {dst} in the chroot", log)
         env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
                "BHL_REQUIREMENTS=/opt/blackhole-lab/requirements.txt",
                "BHL_WHEELHOUSE=/opt/blackhole-lab/wheelhouse"]
         debootstrap.run_logged(
             [chroot, str(rootfs), *env, "sh", "/opt/blackhole-lab/provision.sh"],
-            "VM image: provision.sh in the chroot")
+            "provision.sh in the chroot", log)
     finally:
         debootstrap.unmount_under(rootfs)
         policy.unlink(missing_ok=True)
     shutil.rmtree(opt / "wheelhouse")
-    subprocess.run([chroot, str(rootfs), "apt-get", "clean"], capture_output=True)
+    debootstrap.run_logged([chroot, str(rootfs), "apt-get", "clean"], "apt-get clean", log)
     shutil.copy(GUEST_INIT, rootfs / "sbin" / "bhl-vm-init")
     (rootfs / "sbin" / "bhl-vm-init").chmod(0o755)
 
@@ -150,55 +181,63 @@ class _Tools:
         return tools
 
 
-def _build_into(work: Path, image: Image, tools: _Tools, log: Callable[[str], None]) -> None:
-    """Every step of a build in `work`; the finished image is moved to image.dir."""
+def _build_into(work: Path, image: Image, reqs_list: list[str], tools: _Tools,
+                stages: progress.Build) -> None:
+    """Every step of a build in `work`; the finished image is moved to image.dir. The
+    requirements were read once (pyproject.toml may change while a build runs)."""
     reqs = work / "requirements.txt"
-    reqs.write_text("\n".join(requirements()) + "\n")
-    log("downloading the guest's wheels on the host ...")
-    _download_wheels(work / "wheelhouse", reqs)
+    reqs.write_text("\n".join(reqs_list) + "\n")
+    with stages.stage("wheels", f"pip download on the host, for the guest's Python "
+                      f"{GUEST_PYTHON}") as log:
+        _download_wheels(work / "wheelhouse", reqs, log)
     rootfs = work / "rootfs"
-    log(f"debootstrap {debootstrap.SUITE} from {debootstrap.host_mirror()} ...")
-    debootstrap.debootstrap(rootfs, work / "debootstrap.log",
-                            include=["ca-certificates"], cache_dir=STATE / "debs")
-    _provision(rootfs, work, tools.chroot, log)
+    with stages.stage("debootstrap", f"{debootstrap.SUITE} minbase from "
+                      f"{debootstrap.host_mirror()}") as log:
+        debootstrap.debootstrap(rootfs, log, include=["ca-certificates"],
+                                cache_dir=STATE / "debs")
+    with stages.stage("provision", "provision.sh in the chroot: packages, the lab's venv") \
+            as log:
+        _provision(rootfs, work, tools.chroot, log)
     out = work / "image"
     out.mkdir()
-    shutil.copy(rootfs / "vmlinuz", out / "vmlinuz", follow_symlinks=True)
-    shutil.copy(rootfs / "initrd.img", out / "initrd.img", follow_symlinks=True)
-    log(f"mkfs.ext4 -d ({IMAGE_SIZE}, sparse) ...")
-    debootstrap.run_logged([tools.mkfs, "-q", "-F", "-L", "root", "-d", str(rootfs),
-                            str(out / "rootfs.ext4"), IMAGE_SIZE], "VM image: mkfs.ext4")
+    with stages.stage("mkfs.ext4", f"{IMAGE_SIZE}, sparse") as log:
+        shutil.copy(rootfs / "vmlinuz", out / "vmlinuz", follow_symlinks=True)
+        shutil.copy(rootfs / "initrd.img", out / "initrd.img", follow_symlinks=True)
+        debootstrap.run_logged([tools.mkfs, "-q", "-F", "-L", "root", "-d", str(rootfs),
+                                str(out / "rootfs.ext4"), IMAGE_SIZE], "mkfs.ext4", log)
     if image.dir.exists():
         shutil.rmtree(image.dir)
     out.rename(image.dir)
 
 
 def _remove_older_images(image: Image) -> None:
-    """Images of older inputs (the package cache and running builds stay)."""
+    """Images of older inputs (the package cache, the logs and running builds stay)."""
     for old in STATE.iterdir():
-        if old.is_dir() and old != image.dir and old.name != "debs" and \
+        if old.is_dir() and old != image.dir and old.name not in ("debs", "logs") and \
                 not old.name.startswith("build-"):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def build(*, force: bool = False, log: Callable[[str], None] = print) -> BuildReport:
+def build(*, force: bool = False, say: Say = progress.to_stderr,
+          heartbeat_s: float = progress.HEARTBEAT_S) -> BuildReport:
     """The current image, built if it is missing (serialised by an flock on STATE)."""
     t0 = time.monotonic()
-    image = current()
+    reqs = requirements()
+    image = Image(STATE / inputs_key(reqs))
     if image.complete() and not force:
         return BuildReport(image, False, time.monotonic() - t0)
     tools = _Tools.find()
     STATE.mkdir(parents=True, exist_ok=True)
-    with open(STATE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if image.complete() and not force:
+    with progress.exclusive(STATE / ".lock", TITLE, say):
+        if image.complete() and not force:  # built by the build we waited for
             return BuildReport(image, False, time.monotonic() - t0)
         for stale in STATE.glob("build-*"):
             debootstrap.remove_tree(stale)  # a killed build's leftovers (we hold the lock)
         work = STATE / f"build-{os.getpid()}"
         work.mkdir()
         try:
-            _build_into(work, image, tools, log)
+            with progress.Build(TITLE, LOGS, say, stages=4, heartbeat_s=heartbeat_s) as stages:
+                _build_into(work, image, reqs, tools, stages)
         finally:
             debootstrap.remove_tree(work)
         _remove_older_images(image)

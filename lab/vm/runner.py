@@ -5,9 +5,13 @@ checkout, PYTHONPATH=/project), and a results folder is shared read-write; the g
 (guest-init) runs out/job.sh, writes out/rc and powers off. The image is opened with
 snapshot=on, so every run starts from the image as built.
 
-Accelerator: KVM only where the host has hardware virtualisation (kvm_intel or kvm_amd
-loaded); a /dev/kvm from another provider (this project's CI hosts have kvm_pvm, which does not
-boot a stock Debian kernel: recipe-vm-ipvs.md) gets TCG, software emulation.
+The job's output (out/job.log) and the serial console (out/console.log) can be followed live
+(lab.vm.follow): `lab vm run` prints them as the guest writes them; the files stay.
+
+Accelerator (lab.images.vm.accelerator, which `lab doctor` shows): KVM only where the host has
+hardware virtualisation (kvm_intel or kvm_amd loaded); a /dev/kvm from another provider (this
+project's CI hosts have kvm_pvm, which does not boot a stock Debian kernel) gets TCG, software
+emulation.
 """
 
 from __future__ import annotations
@@ -18,20 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.images.vm import PROJECT, Image
+from lab.images.vm import PROJECT, Image, accelerator
 from lab.net.process import ChildProcess, require_binary
+from lab.vm.follow import Follower, OnLine
+
+__all__ = ["QEMU", "VmRun", "accelerator", "run_job"]
 
 QEMU = "qemu-system-x86_64"
-
-
-def accelerator() -> tuple[list[str], str]:
-    """qemu arguments for the best accelerator here, and why it was chosen."""
-    hw = [m for m in ("kvm_intel", "kvm_amd") if Path(f"/sys/module/{m}").exists()]
-    if Path("/dev/kvm").exists() and hw:
-        return ["-accel", "kvm", "-cpu", "host"], f"kvm ({hw[0]})"
-    why = "no /dev/kvm" if not Path("/dev/kvm").exists() else (
-        "/dev/kvm without kvm_intel/kvm_amd (e.g. kvm_pvm, which cannot boot a stock kernel)")
-    return ["-accel", "tcg,thread=multi", "-cpu", "max"], f"tcg: {why}"
 
 
 @dataclass(frozen=True)
@@ -74,23 +71,37 @@ def _boot_s(out_dir: Path) -> float | None:
 
 
 def run_job(image: Image, job: str, out_dir: Path, *, timeout_s: float = 1500,
-            cpus: int = 2, memory_mb: int = 2048) -> VmRun:
+            cpus: int = 2, memory_mb: int = 2048, on_output: OnLine | None = None,
+            on_console: OnLine | None = None) -> VmRun:
     """Boot image, run `job` (sh, in /project) in the guest, return what it left in out_dir.
 
-    qemu's own messages go to out_dir/qemu.log (their end is in the error if it fails).
+    on_output / on_console get each line of the job's output / the serial console as the
+    guest writes it. qemu's own messages go to out_dir/qemu.log (their end is in the error if
+    it fails).
     """
     qemu = require_binary(QEMU, "qemu-system-x86")
     if not image.complete():
         raise LabError(f"no VM image at {image.dir}", "build it: 'lab vm build'")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("rc", "job.log", "boot.txt"):
+    for stale in ("rc", "job.log", "boot.txt", "console.log"):
         (out_dir / stale).unlink(missing_ok=True)
     (out_dir / "job.sh").write_text(job + "\n")
     accel, why = accelerator()
-    qemu_log = out_dir / "qemu.log"
+    follow = [(out_dir / name, cb) for name, cb in (("job.log", on_output),
+                                                    ("console.log", on_console)) if cb]
     t0 = time.monotonic()
-    child = ChildProcess(_qemu_argv(qemu, accel, image, out_dir, cpus, memory_mb), qemu_log,
-                         mode="w", stdout=subprocess.DEVNULL)
+    with Follower(follow):
+        _qemu(_qemu_argv(qemu, accel, image, out_dir, cpus, memory_mb), out_dir, timeout_s)
+        wall = time.monotonic() - t0  # qemu's time, not the follower's last read
+    rc_file = out_dir / "rc"
+    job_rc = int(rc_file.read_text().strip()) if rc_file.exists() else None
+    return VmRun(job_rc, why, _boot_s(out_dir), wall, out_dir)
+
+
+def _qemu(argv: list[str], out_dir: Path, timeout_s: float) -> None:
+    """Run qemu to its end (the guest powers off); a LabError if it fails or overruns."""
+    qemu_log = out_dir / "qemu.log"
+    child = ChildProcess(argv, qemu_log, mode="w", stdout=subprocess.DEVNULL)
     try:
         rc = child.proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -99,10 +110,6 @@ def run_job(image: Image, job: str, out_dir: Path, *, timeout_s: float = 1500,
     finally:
         # SIGKILL whatever still runs (timeout, Ctrl-C / SIGTERM): no qemu left behind
         child.stop(timeout=0, signals=())
-    wall = time.monotonic() - t0
     if rc != 0:
         said = qemu_log.read_text(errors="replace").strip()[-300:]
         raise LabError(f"qemu exited with {rc}: {said}", f"see {out_dir}/console.log")
-    rc_file = out_dir / "rc"
-    job_rc = int(rc_file.read_text().strip()) if rc_file.exists() else None
-    return VmRun(job_rc, why, _boot_s(out_dir), wall, out_dir)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,3 +67,31 @@ def test_latency_without_netem_is_refused_naming_the_trial() -> None:
 def test_not_root_is_refused_first() -> None:
     with pytest.raises(LabError, match="the lab needs root"):
         preflight.check([trial()])
+
+
+WITHOUT_DOCKER = """
+import sys
+sys.modules["docker"] = None  # `import docker` raises ImportError, as without the extra
+from lab.config.settings import TrialSettings
+from lab.errors import LabError
+from lab.experiment import preflight
+try:
+    preflight.check([TrialSettings(name="ok"), TrialSettings(name="boxed", provider="docker")])
+except LabError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.root
+def test_docker_provider_without_the_docker_module_is_one_pip_line() -> None:
+    """Without the docker extra, a docker trial stops the run before anything is built."""
+    before = namespaces()
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_DOCKER], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 0, proc.stderr
+    print(proc.stdout)
+    assert proc.stdout == (
+        "trial 'boxed': provider 'docker' needs the docker Python module, which is not "
+        "installed -- pip install 'blackhole-lab[docker]'\n")
+    assert namespaces() == before

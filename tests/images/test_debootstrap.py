@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from lab.errors import LabError
 from lab.images import debootstrap
 from lab.net.process import find_binary, wait_until
 
+ROOT = Path(__file__).resolve().parents[2]
 # a shell that starts two grandchildren in its own session, like debootstrap's dpkg and tar
 FAMILY = "sleep 60 & sleep 60 & echo started; wait"
 
@@ -61,3 +64,36 @@ def test_remove_tree_unmounts_first(tmp_path: Path) -> None:
     debootstrap.remove_tree(target)
     assert not target.exists()
     assert str(target) not in Path("/proc/mounts").read_text()
+
+
+# a build step whose group outlives its top process, interrupted like Ctrl-C / the lab's SIGTERM
+INTERRUPTED_STEP = """
+import sys
+from pathlib import Path
+from lab.images import debootstrap
+try:
+    debootstrap.run_logged(["sh", "-c", "sleep 60 & sleep 60 & echo started; wait"], "step",
+                           Path(sys.argv[1]))
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_an_interrupted_logged_step_leaves_nothing_of_its_group(tmp_path: Path) -> None:
+    log = tmp_path / "step.log"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_STEP, str(log)],
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert wait_until(lambda: "started" in log.read_text() if log.exists() else False, 10)
+        step = next(int(line.split()[0]) for line in subprocess.run(
+            ["ps", "-o", "pid=,ppid=", "--ppid", str(proc.pid)], capture_output=True,
+            text=True).stdout.splitlines())
+        assert len(debootstrap._group_members(step)) == 3  # sh and its two sleeps
+        proc.send_signal(signal.SIGINT)
+        assert proc.communicate(timeout=15)[0] == "interrupted\n"
+        assert debootstrap._group_members(step) == []
+        assert log.read_text().startswith("$ sh -c ")  # the command heads its log
+    finally:
+        proc.kill()
+        proc.wait()
