@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lab.backends.base import Backend
-from lab.backends.docker.container import DockerMariaDB, DockerNginx
 from lab.backends.mariadb import MariaDBServer
 from lab.backends.nginx import NginxServer
 from lab.net.topology import Host
@@ -33,6 +32,8 @@ class BackendOptions:
 def make(options: BackendOptions, host: Host, address: ipaddress.IPv4Address) -> Backend:
     """The backend server `options` asks for, in `host`, listening on `address`."""
     if options.provider == "docker":
+        # the docker SDK is an optional extra: imported only by a trial that uses it
+        from lab.backends.docker.container import DockerMariaDB, DockerNginx
         if options.kind == "mariadb":
             return DockerMariaDB(host, address, image=options.image, tables=options.tables,
                                  table_size=options.table_size)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from pyroute2 import netns
 
-from lab.backends.docker import engine as docker_engine
 from lab.errors import LabError
 from lab.images import docker as docker_image
 from lab.net import runtime
@@ -42,9 +41,21 @@ def clean(include_live: bool = False) -> list[str]:
     """Remove leftovers; returns one line per thing removed."""
     removed: list[str] = []
     # containers first: their engine stops them cleanly before their namespaces go
-    removed += docker_engine.clean(include_live)
+    removed += _clean_docker(include_live)
     removed += docker_image.clean()
     return removed + clean_runs(include_live)
+
+
+def _clean_docker(include_live: bool) -> list[str]:
+    """The lab's dockerd and containers; without the docker SDK (an optional extra) no run
+    of this install could have started them."""
+    try:
+        from lab.backends.docker import engine as docker_engine
+    except ModuleNotFoundError as exc:
+        if exc.name != "docker":
+            raise
+        return []
+    return docker_engine.clean(include_live)
 
 
 def lab_namespaces() -> set[str]:

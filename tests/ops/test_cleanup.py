@@ -334,3 +334,22 @@ def test_clean_cli_reports_count() -> None:
     out = subprocess.run([sys.executable, "-m", "lab.cli", "clean"], capture_output=True,
                          text=True, check=True).stdout
     assert "lab clean: removed" in out
+
+
+WITHOUT_DOCKER = """
+import sys
+sys.modules["docker"] = None  # `import docker` raises ImportError, as without the extra
+from lab import backends
+from lab.experiment import trial
+from lab.ops import cleanup
+print(cleanup._clean_docker(include_live=False))
+"""
+
+
+def test_a_trial_and_clean_need_no_docker_module() -> None:
+    """The docker SDK is an optional extra: process trials and `lab clean` import without it
+    (the docker row of doctor and preflight's refusal are tested with them)."""
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_DOCKER], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
