@@ -1,14 +1,19 @@
-"""`lab`: the command line, thin over the library.
+"""blackhole-lab: reproduce, measure and fix the blackhole of long-lived TCP connections.
 
-    lab run SCENARIO [--set key=value ...] [--out DIR] [--resume RUN_DIR]
+    lab run SCENARIO [--set key=value ...] [--out DIR] [--resume RUN_DIR] [--dry-run]
+    lab scenarios            the scenarios that ship with the lab (lab run NAME runs one)
     lab report RUN_DIR       table + plots of a run
-    lab compare RUN_A RUN_B  what changed, trial by trial; exit 1 on a regression
-    lab keys                 every scenario key with its default
+    lab compare RUN_A RUN_B  what changed, what differs; exit 1 on a regression (--fail-on)
+    lab keys [--schema]      every scenario key: type, unit, range, default, as TOML
     lab clean [--all]        remove what killed runs left behind
-    lab doctor               what this host can run (also: is Docker usable, which images)
+    lab doctor               what this host can run, and the fix for what it cannot
     lab image build          the docker provider's offline image (idempotent)
-    lab tm plan|predict|fit  the traffic manager's logic on a state file
+    lab tm plan|predict|fit|live  the traffic manager's logic, and its loop in the lab
     lab vm build|test|run    the lab inside a VM with real IPVS (make vm-test)
+    lab completion bash|zsh  the shell's completion script: eval "$(lab completion bash)"
+
+run, report, compare, keys, scenarios and doctor take --json: JSON on stdout, the rest on
+stderr, the exit code unchanged.
 
 Exit codes (a CI can gate on them):
     0  every trial ran and agrees with the model (lab compare: no regression)
@@ -22,71 +27,101 @@ Exit codes (a CI can gate on them):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import json
 import math
+import os
+import shlex
+import sys
 import threading
-import time
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.live import Live
-from rich.table import Table
-
-from lab.cli.output import PlainPrinter, console, emit, say, warn
-from lab.config import scenario
+from lab.cli.output import PlainPrinter, console, emit, messages_to_stderr, say, warn
 from lab.errors import LabError
-from lab.experiment import compare, preflight, report, rundata, rundir
-from lab.experiment.matrix import DEFAULT_PARALLEL, MatrixRun
-from lab.experiment.trial import TrialStatus
-from lab.net.runtime import MAX_SLOTS
-from lab.ops import cleanup, doctor
+from lab.experiment import compare
+
+if TYPE_CHECKING:
+    from lab.config.scenario import Scenario
+    from lab.experiment.matrix import MatrixRun
+
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 OK, LAB_FAILED, BAD_INPUT, MISMATCH, INTERRUPTED = 0, 1, 2, 3, 130
+# lab.experiment.matrix's DEFAULT_PARALLEL and lab.net.runtime's MAX_SLOTS (a test holds them
+# equal), not imported: they import every part of a trial, which `lab --help` has no use for
+DEFAULT_PARALLEL, MAX_PARALLEL = 8, 64
+# commands whose modules are imported only when they run (`lab --help` shows these lines)
+LAZY_COMMANDS = {
+    "tm": ("lab.cli.tm", "traffic manager: shift load off overloaded sites, predict failover, "
+           "fit max"),
+    "vm": ("lab.cli.vm", "the lab in a VM with real IPVS (make vm-test)"),
+}
+# what each command imports, loaded by the entry point before a stop signal may interrupt
+# an import (lab.cli): a command imports only its own, so `lab --help` starts in ~0.1 s
+PRELOAD = {
+    "run": ("lab.config.scenario", "lab.experiment.preflight", "lab.experiment.matrix",
+            "lab.cli.views", "rich.live"),
+    "report": ("lab.experiment.report", "lab.cli.views"),
+    "compare": ("lab.cli.views",),
+    "keys": ("lab.config.keys",),
+    "scenarios": ("lab.config.scenario", "lab.cli.views"),
+    "clean": ("lab.ops.cleanup",),
+    "doctor": ("lab.ops.doctor", "lab.cli.views"),
+    "image": ("lab.backends.docker.engine", "lab.images.docker"),
+}
+# optional extras: the modules each brings (pyproject.toml [project.optional-dependencies])
+EXTRAS = {"report": ("matplotlib", "PIL"), "docker": ("docker",)}
 
 
-def _fmt(x: Any, unit: str = "s") -> str:
-    if x in (None, ""):
-        return "-"
+@contextlib.contextmanager
+def needs_extra(extra: str, what: str) -> Iterator[None]:
+    """A module of an optional extra that is not installed: one line saying which extra to
+    install, not a traceback."""
     try:
-        return f"{float(x):.2f}{unit}"
-    except (TypeError, ValueError):
-        return str(x)
+        yield
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS[extra]:
+            raise
+        raise LabError(f"{what} needs {top}",
+                       f"pip install 'blackhole-lab[{extra}]'") from None
 
 
-def progress_table(statuses: dict[str, TrialStatus]) -> Table:
-    table = Table(title="blackhole-lab", expand=False)
-    for col in ("trial", "phase", "elapsed", "qps", "outage clock", "last report"):
-        table.add_column(col)
-    now = time.monotonic()
-    for st in statuses.values():
-        elapsed = now - st.started if st.started else 0.0
-        if st.fault_t is None:
-            clock = "-"
-        elif st.recovered_t is not None:
-            clock = f"{st.recovered_t - st.fault_t:.2f}s (recovered)"
-        else:
-            clock = f"{now - st.fault_t:.1f}s"
-        table.add_row(st.name, st.phase, f"{elapsed:.0f}s", f"{st.qps:.0f}", clock,
-                      st.last_line[:70])
-    return table
+def json_value(value: Any) -> Any:
+    """A summary value as JSON: "" (nothing) is null; a summary.csv string is read back as
+    the number or boolean it was written from."""
+    if not isinstance(value, str):
+        return value
+    if value == "":
+        return None
+    if value in ("True", "False"):
+        return value == "True"
+    for kind in (int, float):
+        try:
+            number = kind(value)
+        except ValueError:
+            continue
+        return number if math.isfinite(number) else value
+    return value
 
 
-def summary_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="summary (outage = fault -> first successful transaction after it)")
-    for col in ("trial", "lb", "fault", "predicted", "mechanism", "measured", "detect", "errors",
-                "reconn", "verdict"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["trial"], r["lb"], r["fault"], _fmt(r["predicted_outage_s"]),
-            str(r["predicted_mechanism"]), _fmt(r["measured_outage_s"]), _fmt(r["detect_s"]),
-            str(r["errors"]), str(r["reconnects"]), str(r["verdict"]),
-        )
-    return table
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if k == "trial" else json_value(v)) for k, v in row.items()}
 
 
-def _run_dir(args: argparse.Namespace, scen: scenario.Scenario) -> Path:
+def print_json(data: Any) -> None:
+    emit(json.dumps(data, indent=2, default=str))
+
+
+# --- lab run ------------------------------------------------------------------------------
+
+def _run_dir(args: argparse.Namespace, scen: Scenario) -> Path:
     """The run's results folder: a new one under --out, or the --resume one, which must be a
     run of this same scenario and settings (checked again under its lock by MatrixRun)."""
+    from lab.experiment import rundir
     if not args.resume:
         return rundir.new_run_dir(Path(args.out), scen.name)
     run_dir = Path(args.resume)
@@ -99,7 +134,11 @@ def _run_dir(args: argparse.Namespace, scen: scenario.Scenario) -> Path:
 
 def _run_live(matrix: MatrixRun) -> list[dict[str, Any]]:
     """matrix.run() under a live progress table, redrawn 4 times a second."""
-    with Live(progress_table(matrix.statuses), console=console, refresh_per_second=4) as live:
+    from rich.live import Live
+
+    from lab.cli.views import progress_table
+    with Live(progress_table(matrix.statuses), console=console(),
+              refresh_per_second=4) as live:
         done = threading.Event()
 
         def refresh() -> None:
@@ -116,12 +155,25 @@ def _run_live(matrix: MatrixRun) -> list[dict[str, Any]]:
             live.update(progress_table(matrix.statuses))
 
 
+def _load(args: argparse.Namespace) -> Scenario:
+    from lab.config import scenario
+    return scenario.load(scenario.resolve(args.scenario), args.set)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    scen = scenario.load(Path(args.scenario), args.set)
+    if args.json:
+        messages_to_stderr()
+    scen = _load(args)
+    if args.dry_run:
+        return dry_run(scen, args.parallel, args.json)
+    with needs_extra("docker", "a trial"):  # until every part imports docker only for itself
+        from lab.experiment import preflight
+        from lab.experiment.matrix import MatrixRun
     preflight.check(scen.trials)  # once per run, before anything is built
     run_dir = _run_dir(args, scen)
-    interactive = console.is_terminal and not args.plain
-    printer = None if interactive else PlainPrinter(args.every)
+    interactive = console().is_terminal and not args.plain and not args.json
+    printer = None if interactive else PlainPrinter(
+        args.every, out=sys.stderr if args.json else None)
     matrix = MatrixRun(scen, run_dir, parallel=args.parallel, on_line=printer)
     say(f"run {run_dir} ({len(scen.trials)} trial(s), up to {args.parallel} side by side)")
     try:
@@ -130,10 +182,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if printer is not None:
             printer.close()
     _print_outcome(matrix, rows)
+    if args.json:
+        print_json({"run_dir": str(run_dir), "trials": [json_row(r) for r in rows],
+                    "failures": matrix.failures, "exit_code": run_exit_code(matrix, rows)})
     return run_exit_code(matrix, rows)
 
 
 def _print_outcome(matrix: MatrixRun, rows: list[dict[str, Any]]) -> None:
+    from lab.cli.views import summary_table
     run_dir = matrix.run_dir
     say(summary_table(rows))
     if (run_dir / "summary.csv").exists():
@@ -153,76 +209,193 @@ def run_exit_code(matrix: MatrixRun, rows: list[dict[str, Any]]) -> int:
     return OK
 
 
+# --- lab run --dry-run --------------------------------------------------------------------
+
+def _engine(requested: str) -> tuple[str, str]:
+    """(engine, note): what `auto` picks here; an engine this host lacks is still predicted
+    (the note says a real run here would stop)."""
+    from lab import lb
+    try:
+        return lb.choose_engine(requested)[0], ""
+    except LabError:
+        return requested, f"no {requested} engine on this host: a run here stops before it"
+
+
+def plan(scen: Scenario) -> list[dict[str, Any]]:
+    """Each trial's predicted outage and mechanism, and how long its load runs (fault time +
+    outage, capped by the deadline, + after_s), from the model alone."""
+    with needs_extra("docker", "a dry run"):
+        from lab.experiment.trial import IDLE_QUIET_S, predict
+    out = []
+    for t in scen.trials:
+        engine, note = _engine(t.lb.engine)
+        # an idle load's fault comes IDLE_QUIET_S into an idle period, as in the trial
+        p = predict(t, engine, IDLE_QUIET_S if t.load.shape == "idle" else 0.0)
+        ends = t.deadline_s if p.outage_s is None else min(p.outage_s, t.deadline_s)
+        if p.outage_s is None or p.outage_s > t.deadline_s:
+            note = note or "not recovered by the deadline"
+        out.append({"trial": t.name, "lb": engine, "fault": t.fault.kind,
+                    "predicted_outage_s": _round(p.outage_s), "mechanism": p.mechanism,
+                    "detect_s": _round(p.detect_s), "detail": p.detail,
+                    "deadline_s": t.deadline_s,
+                    "observed_s": round(t.fault.at_s + ends + t.after_s, 3), "note": note})
+    return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def wall_estimate(lengths: Sequence[float], parallel: int) -> float:
+    """The run's length with `parallel` slots taking the trials in order (as MatrixRun)."""
+    slots = [0.0] * max(1, min(parallel, len(lengths) or 1))
+    for length in lengths:
+        slots[slots.index(min(slots))] += length
+    return max(slots)
+
+
+def dry_run(scen: Scenario, parallel: int, as_json: bool) -> int:
+    """What the run would show, from the model: nothing is built, no root needed."""
+    plans = plan(scen)
+    wall = wall_estimate([p["observed_s"] for p in plans], parallel)
+    if as_json:
+        print_json({"scenario": scen.name, "trials": plans, "parallel": parallel,
+                    "estimated_wall_s": round(wall, 3)})
+        return OK
+    from lab.cli.views import dry_run_table
+    say(dry_run_table(plans))
+    say(f"{len(plans)} trial(s); with --parallel {parallel} the run takes about {wall:.0f} s "
+        "plus each trial's build and warm-up")
+    return OK
+
+
+# --- results: report, compare ---------------------------------------------------------------
+
 def cmd_report(args: argparse.Namespace) -> int:
+    from lab.experiment import rundata
+    if args.json:
+        messages_to_stderr()
     run_dir = Path(args.run_dir)
     rows = rundata.read_run(run_dir)
+    with needs_extra("report", "the report"):
+        from lab.experiment import report
+    paths = report.make_report(run_dir)
+    if args.json:
+        print_json({"run_dir": str(run_dir), "trials": [json_row(r) for r in rows],
+                    "wrote": [str(p) for p in paths]})
+        return OK
+    from lab.cli.views import summary_table
     say(summary_table(rows))
-    for path in report.make_report(run_dir):
-        say(f"wrote {path}")
-    return 0
+    for path in paths:
+        emit(f"wrote {path}")
+    return OK
+
+
+def _comparison_json(args: argparse.Namespace, c: compare.Comparison) -> dict[str, Any]:
+    def pairs(diff: compare.Diff) -> dict[str, dict[str, Any]]:
+        return {k: {"a": a, "b": b} for k, (a, b) in diff.items()}
+    return {
+        "a": str(args.run_a), "b": str(args.run_b), "metric": args.metric,
+        "fail_on_pct": args.fail_on, "abs_tol": args.abs_tol,
+        "regressions": [x.as_dict() for x in c.regressions],
+        "changes": [x.as_dict() for x in c.changes],
+        "differs": {"run": pairs(c.run), "every_trial": pairs(c.every_trial),
+                    "trials": {t: pairs(d) for t, d in c.trials.items()}},
+        "notes": c.notes,
+    }
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     a, b = Path(args.run_a), Path(args.run_b)
-    changes, notes = compare.compare(a, b, args.metric, args.rel_tol, args.abs_tol)
-    table = Table(title=f"{a.name} -> {b.name} (regression: {args.metric} worse by more than "
-                        f"{100 * args.rel_tol:.0f} % and {args.abs_tol:g})")
-    for col in ("trial", "metric", "A", "B", "delta", ""):
-        table.add_column(col)
-    for c in changes:
-        table.add_row(c.trial, c.metric, _fmt(c.a, ""), _fmt(c.b, ""), _fmt(c.delta, ""),
-                      "[red]REGRESSION[/red]" if c.regression else "")
-    say(table)
-    for note in notes:
-        say(note)
-    bad = [c for c in changes if c.regression]
-    say(f"{len(bad)} regression(s) in {args.metric}")
-    return LAB_FAILED if bad else OK
+    c = compare.compare_runs(a, b, args.metric, args.fail_on / 100, args.abs_tol)
+    if args.json:
+        print_json(_comparison_json(args, c))
+        return LAB_FAILED if c.regressions else OK
+    from lab.cli.views import compare_table, diff_lines
+    say(compare_table(f"{a.name} -> {b.name} (regression: {args.metric} worse by more than "
+                      f"{args.fail_on:g} % and {args.abs_tol:g})", c))
+    for line in [*diff_lines(c), *c.notes]:
+        emit(line)
+    emit(f"{len(c.regressions)} regression(s) in {args.metric}")
+    return LAB_FAILED if c.regressions else OK
 
+
+# --- the host and the settings ----------------------------------------------------------------
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from lab.config.settings import TrialSettings
-    for key, value in TrialSettings().flat().items():
-        emit(f"{key} = {value!r}")
-    return 0
+    from lab.config import keys as reference
+    if args.schema:
+        print_json(reference.scenario_schema())
+    elif args.json:
+        print_json([k.as_dict() for k in reference.all_keys()])
+    else:
+        emit(reference.toml().rstrip("\n"))
+    return OK
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from lab.config import scenario
+    shipped = scenario.shipped()
+    if args.json:
+        print_json([{"name": s.name, "path": str(s.path), "trials": s.trials,
+                     "description": s.description} for s in shipped])
+        return OK
+    from lab.cli.views import scenarios_table
+    say(scenarios_table(shipped))
+    emit(f"in {scenario.SHIPPED_DIR}; the traffic manager's (lab tm) in "
+         f"{scenario.SHIPPED_DIR / 'tm'}")
+    return OK
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    with needs_extra("docker", "lab clean"):
+        from lab.ops import cleanup
     removed = cleanup.clean(include_live=args.all)
     for line in removed:
         emit(line)
     emit(f"lab clean: removed {len(removed)} leftover(s)")
-    return 0
+    return OK
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    checks = doctor.run_checks()
-    table = Table(title="lab doctor")
-    for col in ("check", "status", "detail"):
-        table.add_column(col)
-    for c in checks:
-        table.add_row(c.name, "ok" if c.ok else ("missing" if c.required else "no"), c.detail)
-    say(table)
+    with needs_extra("docker", "lab doctor"):
+        from lab.ops import doctor
+        checks = doctor.run_checks()
+    if args.json:
+        print_json([{"name": c.name, "ok": c.ok, "required": c.required, "detail": c.detail,
+                     "fix": None if c.ok else (c.fix or None)} for c in checks])
+    else:
+        from lab.cli.views import doctor_table
+        say(doctor_table(checks))
     return OK if all(c.ok for c in checks if c.required) else LAB_FAILED
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     """Build the lab's offline backend image (once per machine: skipped when present)."""
-    from lab.backends.docker import engine as docker_engine
-    from lab.images import docker as docker_image
+    with needs_extra("docker", "lab image build"):
+        from lab.backends.docker import engine as docker_engine
+        from lab.images import docker as docker_image
     with docker_engine.engine() as eng:
         report_ = docker_image.build(eng.client, mirror=args.mirror)
     emit(report_.line())
-    return 0
+    return OK
 
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import argcomplete
+    emit(argcomplete.shellcode(["lab"], shell=args.shell).rstrip("\n"))
+    return OK
+
+
+# --- the parser -----------------------------------------------------------------------------
 
 def _parallel(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_SLOTS:
-        raise argparse.ArgumentTypeError(f"{value} is not in 1..{MAX_SLOTS} (one address "
+    if not 1 <= value <= MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"{value} is not in 1..{MAX_PARALLEL} (one address "
                                          "slot per trial)")
     return value
 
@@ -237,48 +410,89 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def complete_scenario(prefix: str, **_: Any) -> list[str]:
+    """Shell completion of `lab run`'s scenario: the shipped names, and TOML files."""
+    import argcomplete
+
+    from lab.config import scenario
+    names = [s.stem for s in scenario.SHIPPED_DIR.glob("*.toml") if s.stem.startswith(prefix)]
+    files = argcomplete.FilesCompleter(("toml",))(prefix)
+    return sorted(names) + list(files)
+
+
+def _json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help=f"{what} as JSON on stdout (messages on stderr)")
+
+
+def _add_run(sub: Subparsers) -> None:
     run = sub.add_parser("run", help="run one trial or a whole matrix")
-    run.add_argument("scenario")
+    scenario_arg = run.add_argument(
+        "scenario", help="a scenario file, or a name that 'lab scenarios' lists")
+    scenario_arg.completer = complete_scenario  # type: ignore[attr-defined]
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting in every trial (see 'lab keys')")
     run.add_argument("--out", default="results", help="results root (default: results)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run")
     run.add_argument("--parallel", type=_parallel, default=DEFAULT_PARALLEL,
-                     help=f"trials side by side (1-{MAX_SLOTS})")
+                     help=f"trials side by side (1-{MAX_PARALLEL}, default {DEFAULT_PARALLEL})")
     run.add_argument("--plain", action="store_true", help="no live view; print report lines")
     run.add_argument("--every", type=_non_negative, default=1.0,
                      help="with --plain: seconds between report lines per trial")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print each trial's predicted outage and mechanism, build nothing "
+                     "(no root needed)")
+    _json_flag(run, "the summary rows")
     run.set_defaults(func=cmd_run)
 
 
-def _add_results(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_results(sub: Subparsers) -> None:
     """`lab report` and `lab compare`: they read results, they run nothing."""
     rep = sub.add_parser("report", help="table and PNG plots of a run")
-    rep.add_argument("run_dir")
+    rep.add_argument("run_dir", help="a results/<run-id> directory")
+    _json_flag(rep, "the summary rows and the files written")
     rep.set_defaults(func=cmd_report)
 
-    cmp_ = sub.add_parser("compare", help="compare two runs trial by trial")
-    cmp_.add_argument("run_a")
-    cmp_.add_argument("run_b")
+    cmp_ = sub.add_parser(
+        "compare", help="compare two runs trial by trial; exit 1 on a regression",
+        description="Per trial in both runs: each metric in A and B, its change in percent, "
+        "and which settings differ. A regression is the gated metric getting worse by more "
+        "than --fail-on percent and more than --abs-tol (B not recovering where A did is one "
+        "too); exit 1 if there is one, 0 if not, 2 if the runs share no trial.")
+    cmp_.add_argument("run_a", help="the run before: a results/<run-id> directory")
+    cmp_.add_argument("run_b", help="the run after, compared with run_a")
     cmp_.add_argument("--metric", default="measured_outage_s", choices=compare.COMPARED,
-                      help="the metric that gates (exit 1 when it regresses)")
-    cmp_.add_argument("--rel-tol", type=_non_negative, default=0.10,
-                      help="relative tolerance")
-    cmp_.add_argument("--abs-tol", type=_non_negative, default=0.5,
-                      help="absolute tolerance")
+                      help="the metric that gates (default: measured_outage_s)")
+    cmp_.add_argument("--fail-on", type=_non_negative, default=10.0, metavar="PCT",
+                      help="a regression is the metric worse by more than PCT percent "
+                      "(default: 10)")
+    cmp_.add_argument("--abs-tol", type=_non_negative, default=0.5, metavar="X",
+                      help="... and by more than X in the metric's unit, its noise floor "
+                      "(default: 0.5)")
+    _json_flag(cmp_, "changes, settings that differ and regressions")
     cmp_.set_defaults(func=cmd_compare)
 
 
-def _add_host(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`lab keys`, `lab clean`, `lab doctor`, `lab image build`: the host and its setup."""
-    sub.add_parser("keys", help="list scenario keys and defaults").set_defaults(func=cmd_keys)
+def _add_host(sub: Subparsers) -> None:
+    """`lab keys`, `lab scenarios`, `lab clean`, `lab doctor`, `lab image build`."""
+    keys = sub.add_parser("keys", help="every scenario key with its type, unit, range, "
+                          "default and description (TOML to paste into a scenario)")
+    keys.add_argument("--schema", action="store_true",
+                      help="a JSON Schema of a scenario file instead, for editors")
+    _json_flag(keys, "the keys")
+    keys.set_defaults(func=cmd_keys)
+
+    scen = sub.add_parser("scenarios", help="the scenarios that ship with the lab")
+    _json_flag(scen, "the scenarios")
+    scen.set_defaults(func=cmd_scenarios)
 
     clean = sub.add_parser("clean", help="remove leftovers of killed runs")
     clean.add_argument("--all", action="store_true", help="also runs whose process is alive")
     clean.set_defaults(func=cmd_clean)
 
-    sub.add_parser("doctor", help="what this host can run").set_defaults(func=cmd_doctor)
+    doctor = sub.add_parser("doctor", help="what this host can run, and how to fix the rest")
+    _json_flag(doctor, "the checks")
+    doctor.set_defaults(func=cmd_doctor)
 
     image = sub.add_parser("image", help="the docker provider's backend image")
     image_sub = image.add_subparsers(dest="image_command", required=True)
@@ -288,28 +502,84 @@ def _add_host(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image_build.add_argument("--mirror", help="Debian mirror (default: the one apt uses)")
     image_build.set_defaults(func=cmd_image_build)
 
+    completion = sub.add_parser("completion", help="print the shell's completion script")
+    completion.add_argument("shell", choices=("bash", "zsh"),
+                            help='e.g. eval "$(lab completion bash)" in ~/.bashrc')
+    completion.set_defaults(func=cmd_completion)
 
-def build_parser() -> argparse.ArgumentParser:
+
+class _Version(argparse.Action):
+    """--version: the package version and the checkout's commit (git runs only then)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from lab import version
+        commit = version.git_commit()
+        emit(f"lab {version.version()}" + (f" (commit {commit})" if commit else ""))
+        parser.exit()
+
+
+def build_parser(load: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; of LAZY_COMMANDS only those in `load` (None: all) are registered by
+    their modules, the others are a help line each (their modules import numpy, pydantic)."""
     assert __doc__ is not None
     parser = argparse.ArgumentParser(
         prog="lab", description=__doc__.splitlines()[0],
-        epilog=__doc__[__doc__.index("Exit codes"):],
+        epilog=__doc__[__doc__.index("run, report, compare"):],
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print the lab's version and commit")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_results(sub)
     _add_host(sub)
-
-    from lab.cli import tm as tm_cli
-    from lab.cli import vm as vm_cli
-    tm_cli.register(sub)
-    vm_cli.register(sub)
+    for name, (module, help_) in LAZY_COMMANDS.items():
+        if load is None or name in load:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help_)
     return parser
+
+
+def _words(argv: Sequence[str]) -> list[str]:
+    """The command line's words; under completion (argcomplete), the line being completed."""
+    if "_ARGCOMPLETE" in os.environ:
+        line = os.environ.get("COMP_LINE", "")
+        point = int(os.environ.get("COMP_POINT", len(line)))
+        with contextlib.suppress(ValueError):
+            return shlex.split(line[:point])[1:]
+    return list(argv)
+
+
+def needed(argv: Sequence[str]) -> set[str]:
+    """The lazy command this command line runs, if any (the first word not an option)."""
+    command = next((w for w in _words(argv) if not w.startswith("-")), None)
+    return {command} & set(LAZY_COMMANDS) if command else set()
+
+
+def preload(argv: list[str] | None = None) -> None:
+    """Import what the command will use (the entry point calls this while stop signals are
+    only noted); one that is missing is left to the command, to say so in one line."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "_ARGCOMPLETE" in os.environ:
+        return
+    command = next((w for w in argv if not w.startswith("-")), "")
+    for module in PRELOAD.get(command, ()):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the stop signals are installed by the entry point (lab.cli)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(needed(argv))
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer and exit
+        import argcomplete
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except LabError as exc:
@@ -318,3 +588,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         warn("lab: interrupted; everything the run created was removed")
         return INTERRUPTED
+    finally:
+        messages_to_stderr(False)  # an in-process caller (a test) gets stdout back

@@ -17,12 +17,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-# piped (make reproduce > log, CI): wide enough that the summary table stays one line a trial
-console = Console() if sys.stdout.isatty() else Console(width=170)
 # drivers report once a second (lab.load.base); a line due "every N s" may come up to half a
 # sample early or late, so the gate is N - 0.5 s (a plain `>= 1 s` dropped every other line)
 SAMPLE_INTERVAL_S = 1.0
@@ -38,12 +37,36 @@ def detach(stream: TextIO) -> None:
         os.close(devnull)
 
 
+# where say() prints: stdout, or stderr when stdout carries the JSON of --json
+_state: dict[str, Any] = {"stderr": False, "consoles": {}}
+
+
+def messages_to_stderr(on: bool = True) -> None:
+    """--json: stdout is for the JSON alone, so tables and messages go to stderr."""
+    _state["stderr"] = on
+
+
+def console() -> Console:
+    """The rich console say() prints on, made on first use (rich is not imported before: it
+    costs start-up time that `lab --help` and `lab keys` do not need)."""
+    stream = sys.stderr if _state["stderr"] else sys.stdout
+    made: dict[int, Console] = _state["consoles"]
+    if id(stream) not in made:
+        from rich.console import Console
+        # piped (make reproduce > log, CI): wide enough that the summary table stays one
+        # line a trial
+        made[id(stream)] = Console(file=stream) if stream.isatty() else \
+            Console(file=stream, width=170)
+    return made[id(stream)]
+
+
 def say(*renderables: Any) -> None:
-    """console.print, dropped (not raised) once stdout's reader is gone."""
+    """console.print, dropped (not raised) once its reader is gone."""
+    stream = sys.stderr if _state["stderr"] else sys.stdout
     try:
-        console.print(*renderables)
+        console().print(*renderables)
     except BrokenPipeError:
-        detach(sys.stdout)
+        detach(stream)
 
 
 def emit(line: str) -> None:

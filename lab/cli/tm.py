@@ -54,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run a live scenario (sites, clients, lb; see scenarios/tm/) and print "
         "a summary.",
     )
-    p.add_argument("scenario", type=Path, metavar="SCENARIO", help="scenarios/tm/live-*.toml")
+    p.add_argument("scenario", type=Path, metavar="SCENARIO",
+                   help="a live-*.toml of the lab's scenarios/tm/ ('lab scenarios' shows where)")
     p.add_argument("--out", type=Path, default=Path("results"), metavar="DIR",
                    help="results root; the run goes to DIR/<stamp>-<scenario> (default: results)")
     p.add_argument("--quiet", action="store_true", help="do not print events as they happen")

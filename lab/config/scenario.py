@@ -52,6 +52,8 @@ MAX_TRIALS = 10_000
 KEYS_FIX = "'lab keys' lists the valid keys"
 NAME_FIX = 'rename the trial, e.g. name = "retries2-5" (letters, digits and _ . , = + -)'
 SET_FIX = "write e.g. --set client.tcp_retries2=5"
+# the scenarios that ship with the lab (package data: a pip install has them too)
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "scenarios"
 
 # the sections of a trial (client, lb, ...) and every valid dotted key, in `lab keys` order
 SECTIONS = frozenset(
@@ -92,6 +94,44 @@ def valid_keys() -> list[str]:
     return list(_KEYS)
 
 
+@dataclass(frozen=True)
+class Shipped:
+    """A scenario that ships with the lab, as `lab scenarios` lists it."""
+
+    name: str
+    path: Path
+    description: str
+    trials: int  # [[trial]]s x matrix combinations
+
+
+def _trial_count(doc: dict[str, Any]) -> int:
+    explicit = doc.get("trial", [{}])
+    matrix = doc.get("matrix", {})
+    sizes = [len(v) for v in matrix.values() if isinstance(v, list)]
+    return (len(explicit) if isinstance(explicit, list) else 1) * math.prod(sizes)
+
+
+def shipped(folder: Path = SHIPPED_DIR) -> list[Shipped]:
+    """The shipped scenarios by name, read as TOML only (listing them validates nothing)."""
+    out = []
+    for path in sorted(folder.glob("*.toml")):
+        doc = _parse(path, _read_bytes(path))
+        out.append(Shipped(path.stem, path, str(doc.get("description", "")),
+                           _trial_count(doc)))
+    return out
+
+
+def resolve(text: str) -> Path:
+    """A scenario argument as a path: the file it names, else the shipped scenario of that
+    name ("seed-lvs-mysql" or "seed-lvs-mysql.toml"), else the path as given (which then
+    fails to load with the one line saying so)."""
+    path = Path(text)
+    if path.exists() or "/" in text:
+        return path
+    candidate = SHIPPED_DIR / (text if text.endswith(".toml") else f"{text}.toml")
+    return candidate if candidate.is_file() else path
+
+
 def _show(value: Any) -> str:
     """A value for an error line: its repr, shortened."""
     return _REPR.repr(value)
@@ -128,7 +168,7 @@ def _read_bytes(path: Path) -> bytes:
         mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
         raise _error(f"scenario file {path} not found",
-                     "give a path such as scenarios/*.toml") from None
+                     "give a path, or a name that 'lab scenarios' lists") from None
     except (OSError, ValueError) as exc:
         raise _error(f"{path}: cannot be read ({_reason(exc)})", fix) from None
     if stat.S_ISDIR(mode):

@@ -18,6 +18,13 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
+def key(default: Any, description: str, unit: str | None = None) -> Any:
+    """A setting's default with its one-line description and unit: `lab keys` and the scenario
+    JSON Schema read them off the model, so the reference cannot drift from what is accepted."""
+    return Field(default, description=description,
+                 json_schema_extra={"unit": unit} if unit else None)
+
+
 class Section(BaseModel):
     # strict: no coercion (true is not 1, "5" is not 5); allow_inf_nan: every float is finite
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -48,22 +55,42 @@ class ClientSettings(Section):
     """Knobs on the client side: sysctls of the client namespace, socket options, app timeouts."""
 
     # sysctls of the client namespace (per-netns since Linux 4.6)
-    tcp_retries2: Annotated[int, Field(ge=1, le=255)] | None = None
-    tcp_syn_retries: Annotated[int, Field(ge=1, le=127)] | None = None
-    tcp_keepalive_time: Annotated[int, Field(ge=1, le=32767)] | None = None
-    tcp_keepalive_intvl: Annotated[int, Field(ge=1, le=32767)] | None = None
-    tcp_keepalive_probes: Annotated[int, Field(ge=1, le=127)] | None = None
+    tcp_retries2: Annotated[int, Field(ge=1, le=255)] | None = key(
+        None, "retransmissions of sent data before the kernel drops the connection "
+        "(net.ipv4.tcp_retries2; unset: the kernel's 15, ~925 s)")
+    tcp_syn_retries: Annotated[int, Field(ge=1, le=127)] | None = key(
+        None, "SYN retransmissions of a new connection (net.ipv4.tcp_syn_retries; unset: 6)")
+    tcp_keepalive_time: Annotated[int, Field(ge=1, le=32767)] | None = key(
+        None, "idle time before the first keepalive probe (net.ipv4.tcp_keepalive_time; "
+        "unset: 7200)", "s")
+    tcp_keepalive_intvl: Annotated[int, Field(ge=1, le=32767)] | None = key(
+        None, "time between keepalive probes (net.ipv4.tcp_keepalive_intvl; unset: 75)", "s")
+    tcp_keepalive_probes: Annotated[int, Field(ge=1, le=127)] | None = key(
+        None, "unanswered keepalive probes before the connection is dropped "
+        "(net.ipv4.tcp_keepalive_probes; unset: 9)")
     # socket options set on the driver's connections
-    tcp_user_timeout_ms: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
-    so_keepalive: bool | None = None
-    tcp_keepidle: Annotated[int, Field(ge=1, le=32767)] | None = None
-    tcp_keepintvl: Annotated[int, Field(ge=1, le=32767)] | None = None
-    tcp_keepcnt: Annotated[int, Field(ge=1, le=127)] | None = None
+    tcp_user_timeout_ms: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = key(
+        None, "TCP_USER_TIMEOUT on the client's sockets: data unacknowledged this long ends "
+        "the connection", "ms")
+    so_keepalive: bool | None = key(
+        None, "SO_KEEPALIVE on the client's sockets: keepalive probes on idle connections")
+    tcp_keepidle: Annotated[int, Field(ge=1, le=32767)] | None = key(
+        None, "TCP_KEEPIDLE: idle time before the first keepalive probe, per socket", "s")
+    tcp_keepintvl: Annotated[int, Field(ge=1, le=32767)] | None = key(
+        None, "TCP_KEEPINTVL: time between keepalive probes, per socket", "s")
+    tcp_keepcnt: Annotated[int, Field(ge=1, le=127)] | None = key(
+        None, "TCP_KEEPCNT: unanswered keepalive probes before the connection is dropped, "
+        "per socket")
     # application timeouts (PyMySQL connect/read/write timeout; JDBC connectTimeout/socketTimeout)
     # (<= a day: a timeout longer than the longest trial never fires; None = no timeout)
-    connect_timeout_s: Timeout = 10.0
-    read_timeout_s: Timeout | None = None
-    write_timeout_s: Timeout | None = None
+    connect_timeout_s: Timeout = key(
+        10.0, "the client library's connect timeout (PyMySQL connect_timeout, JDBC "
+        "connectTimeout)", "s")
+    read_timeout_s: Timeout | None = key(
+        None, "the client library's read timeout (PyMySQL read_timeout, JDBC socketTimeout; "
+        "unset: none)", "s")
+    write_timeout_s: Timeout | None = key(
+        None, "the client library's write timeout (PyMySQL write_timeout; unset: none)", "s")
 
     SYSCTLS: ClassVar[tuple[str, ...]] = (
         "tcp_retries2",
@@ -84,45 +111,71 @@ class ClientSettings(Section):
 
 
 class LbSettings(Section):
-    engine: Literal["auto", "nft", "ipvs", "proxy"] = "auto"
-    port: Annotated[int, Field(ge=1, le=65535)] = 3001
+    """The load balancer in front of the two backends, and how it treats a removed one."""
+
+    engine: Literal["auto", "nft", "ipvs", "proxy"] = key(
+        "auto", "the load balancer: auto (ipvs if the kernel has IP_VS, else nft), nft "
+        "(nftables LVS-NAT), ipvs, proxy (HAProxy)")
+    port: Annotated[int, Field(ge=1, le=65535)] = key(3001, "the virtual service's port")
     # IPVS semantics: 0 = packets of connections to a removed real server are dropped silently;
     # 1 = the connection is expired and the client gets a reset.
-    expire_nodest_conn: Flag01 = 0
+    expire_nodest_conn: Flag01 = key(
+        0, "connections to a removed real server: 0 = their packets are dropped silently, "
+        "1 = the client gets a reset (IPVS expire_nodest_conn)")
     # connection drain: after a real server is removed, wait this long, then reset what is left
     # (<= a day: a longer drain never resets anything within a trial)
-    drain_timeout_s: Annotated[float, Field(ge=0, le=DAY_S)] | None = None
+    drain_timeout_s: Annotated[float, Field(ge=0, le=DAY_S)] | None = key(
+        None, "drain: reset a removed real server's connections this long after its removal "
+        "(unset: never)", "s")
     # engine "ipvs" only (net.ipv4.vs.* in the lb namespace; None = the kernel's default:
     # conn_reuse_mode 1, expire_quiescent_template 0)
-    conn_reuse_mode: ReuseMode | None = None
-    expire_quiescent_template: Flag01 | None = None
-    # engine "proxy" only, other engines ignore them (HAProxy, mode tcp; lab.lb.proxy).
+    conn_reuse_mode: ReuseMode | None = key(
+        None, "engine ipvs only: net.ipv4.vs.conn_reuse_mode in the lb (unset: the kernel's 1)")
+    expire_quiescent_template: Flag01 | None = key(
+        None, "engine ipvs only: net.ipv4.vs.expire_quiescent_template in the lb (unset: the "
+        "kernel's 0)")
+    # engine "proxy" only, other engines ignore them (HAProxy, mode tcp).
     # `timeout server`: None = not set, HAProxy then waits forever and only the lb kernel's
     # tcp_retries2 ends a dead session
     # (<= a day, as every timeout)
-    proxy_timeout_server_s: Timeout | None = None
+    proxy_timeout_server_s: Timeout | None = key(
+        None, "engine proxy only: HAProxy's timeout server (unset: none, only the lb's kernel "
+        "ends a dead session, after ~925 s)", "s")
     # `check inter <proxy_check_inter_s> fall <proxy_check_fall>` + on-marked-down
     # shutdown-sessions: the proxy's own health check closes a dead server's sessions
-    proxy_health_check: bool = False
+    proxy_health_check: bool = key(
+        False, "engine proxy only: HAProxy health checks that close a dead server's sessions")
     # (<= an hour: checks an hour apart are no health check; HAProxy's default is 2 s)
-    proxy_check_inter_s: Annotated[float, Field(gt=0, le=HOUR_S)] = 2.0
-    proxy_check_fall: Annotated[int, Field(ge=1, le=100)] = 3
+    proxy_check_inter_s: Annotated[float, Field(gt=0, le=HOUR_S)] = key(
+        2.0, "engine proxy only: time between HAProxy's health checks (check inter)", "s")
+    proxy_check_fall: Annotated[int, Field(ge=1, le=100)] = key(
+        3, "engine proxy only: failed health checks before a server is down (fall)")
 
 
 class LoadSettings(Section):
-    driver: Literal["oltp", "http", "sysbench"] = "oltp"
-    threads: Annotated[int, Field(ge=1, le=64)] = 1
-    tables: Annotated[int, Field(ge=1, le=64)] = 4
-    table_size: Annotated[int, Field(ge=10, le=1_000_000)] = 1000
+    """The client's load: which driver, how many connections, busy or idle."""
+
+    driver: Literal["oltp", "http", "sysbench"] = key(
+        "oltp", "the client: oltp (sysbench-like oltp_read_write, MariaDB), http (keep-alive "
+        "HTTP/1.1, NGINX), sysbench (the sysbench 1.0.20 binary)")
+    threads: Annotated[int, Field(ge=1, le=64)] = key(
+        1, "client threads, each with its own long-lived connection")
+    tables: Annotated[int, Field(ge=1, le=64)] = key(4, "tables MariaDB is seeded with")
+    table_size: Annotated[int, Field(ge=10, le=1_000_000)] = key(1000, "rows in each table")
     # busy: transactions back to back; idle: the connection sits idle `idle_s` between
     # transactions (the fault hits an idle connection, then the app uses it)
-    shape: Literal["busy", "idle"] = "busy"
+    shape: Literal["busy", "idle"] = key(
+        "busy", "busy: transactions back to back; idle: the connection idles idle_s between "
+        "transactions (the fault hits it idle)")
     # (<= a day: longer than the kernel's default tcp_keepalive_time of 7200 s, so an idle gap
     # the default keepalive acts in can still be tried; beyond a day it is a unit mistake)
-    idle_s: Annotated[float, Field(gt=0, le=DAY_S)] = 5.0
-    # sysbench driver only: LD_PRELOAD lab/load/sbfix (mysql_init after mysql_close) so that
+    idle_s: Annotated[float, Field(gt=0, le=DAY_S)] = key(
+        5.0, "shape idle: the pause between transactions", "s")
+    # sysbench driver only: LD_PRELOAD a shim (mysql_init after mysql_close) so that
     # sysbench 1.0.20 reconnects in-process instead of segfaulting (akopytov/sysbench#527)
-    sysbench_reconnect_fix: bool = False
+    sysbench_reconnect_fix: bool = key(
+        False, "driver sysbench only: preload a shim so that sysbench 1.0.20 reconnects "
+        "instead of crashing")
 
 
 class FaultSettings(Section):
@@ -138,13 +191,19 @@ class FaultSettings(Section):
     `failover_after_s` after the fault (a health checker's reaction time).
     """
 
-    kind: Literal["switchover", "crash", "kill", "hang", "partition"] = "switchover"
+    kind: Literal["switchover", "crash", "kill", "hang", "partition"] = key(
+        "switchover", "how the active backend goes: switchover (the lb moves to the other), "
+        "crash (silent), kill (-9), hang (stopped), partition")
     # seconds after load start (<= an hour: the load needs seconds to warm up; an hour of load
     # before the fault is more than any trial needs, and 1e9 would be a run that never faults)
-    at_s: Annotated[float, Field(gt=0, le=HOUR_S)] = 5.0
-    partition_mode: Literal["drop", "reject"] = "drop"
+    at_s: Annotated[float, Field(gt=0, le=HOUR_S)] = key(
+        5.0, "when the fault comes, after the load starts", "s")
+    partition_mode: Literal["drop", "reject"] = key(
+        "drop", "kind partition: drop (silent) or reject (TCP reset)")
     # (<= an hour: health checkers react in seconds, their slowest settings in minutes)
-    failover_after_s: Annotated[float, Field(ge=0, le=HOUR_S)] = 0.0
+    failover_after_s: Annotated[float, Field(ge=0, le=HOUR_S)] = key(
+        0.0, "every kind but switchover: the lb sends new connections to the other backend "
+        "this long after the fault", "s")
 
 
 # a Docker image reference (name[:tag][@digest]), or "auto"
@@ -158,8 +217,10 @@ class ImageSettings(Section):
     the official image (`mysql`, `nginx`), which the engine pulls on a machine that can.
     """
 
-    mariadb: ImageRef = "auto"
-    nginx: ImageRef = "auto"
+    mariadb: ImageRef = key(
+        "auto", "provider docker: the MariaDB backend's image (auto: the lab's, else mysql)")
+    nginx: ImageRef = key(
+        "auto", "provider docker: the NGINX backend's image (auto: the lab's, else nginx)")
 
     @model_validator(mode="after")
     def _lab_image_current(self) -> ImageSettings:
@@ -182,23 +243,30 @@ class TrialSettings(Section):
 
     # the trial's directory in the run dir: no leading "." (".", "..", hidden files), at most
     # 120 characters (lab.config.scenario also refuses the run dir's own file names)
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_,=+-][A-Za-z0-9_.,=+-]{0,119}$")] = "trial"
-    backend: Literal["mariadb", "nginx"] = "mariadb"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_,=+-][A-Za-z0-9_.,=+-]{0,119}$")] = key(
+        "trial", "the trial's name and directory in the run dir (letters, digits, _ . , = + -)")
+    backend: Literal["mariadb", "nginx"] = key("mariadb", "the servers behind the lb")
     # process: the host's server binaries in the backend namespaces; docker: the same servers
     # in containers (lab.backends.docker.container), wired into the same namespaces
-    provider: Literal["process", "docker"] = "process"
+    provider: Literal["process", "docker"] = key(
+        "process", "how the backends run: host processes, or containers in the same namespaces")
     images: ImageSettings = ImageSettings()
     # client -> lb delay added with netem (the RTT grows by it); needs sch_netem: the lab's
     # VM has it, a host without it refuses the trial (see `lab doctor`)
-    latency_ms: Annotated[float, Field(gt=0, le=10_000)] | None = None
+    latency_ms: Annotated[float, Field(gt=0, le=10_000)] | None = key(
+        None, "delay added on the client -> lb link with netem (needs sch_netem: lab doctor)",
+        "ms")
     # stop observing this long after the fault if the service has not recovered (<= a day:
     # the slowest outage the lab shows, tcp_retries2 = 15, is ~925 s; a day is ample)
-    deadline_s: Annotated[float, Field(gt=0, le=DAY_S)] = 60.0
+    deadline_s: Annotated[float, Field(gt=0, le=DAY_S)] = key(
+        60.0, "stop observing this long after the fault if the service has not recovered", "s")
     # keep the load running this long after recovery (to show qps > 0 after; <= an hour, as
     # seconds show it)
-    after_s: Annotated[float, Field(ge=0, le=HOUR_S)] = 3.0
+    after_s: Annotated[float, Field(ge=0, le=HOUR_S)] = key(
+        3.0, "keep the load running this long after recovery", "s")
     # packet capture + socket/conntrack snapshots (lab.capture); off saves disk on big matrices
-    capture: bool = True
+    capture: bool = key(
+        True, "packet capture and socket/conntrack snapshots (off saves disk on big matrices)")
     client: ClientSettings = ClientSettings()
     lb: LbSettings = LbSettings()
     load: LoadSettings = LoadSettings()

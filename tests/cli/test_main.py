@@ -8,12 +8,15 @@ files made here, or a `lab run` refused before it builds anything.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,7 +74,8 @@ def test_help_lists_every_command() -> None:
     proc = lab("--help")
     assert proc.returncode == 0, proc
     assert proc.stdout.startswith("usage: lab ")
-    for command in ("run", "report", "compare", "keys", "clean", "doctor", "image", "tm", "vm"):
+    for command in ("run", "report", "compare", "keys", "scenarios", "clean", "doctor", "image",
+                    "completion", "tm", "vm"):
         assert f"    {command} " in proc.stdout, command
 
 
@@ -88,7 +92,8 @@ def test_no_command_and_an_unknown_command_are_usage_errors() -> None:
 def test_run_of_a_missing_scenario_file(tmp_path: Path) -> None:
     missing = tmp_path / "nothere.toml"
     assert lab_error(lab("run", missing)) == (
-        f"lab: scenario file {missing} not found -- give a path such as scenarios/*.toml")
+        f"lab: scenario file {missing} not found -- give a path, or a name that "
+        "'lab scenarios' lists")
 
 
 def test_run_with_an_unknown_set_key(tmp_path: Path) -> None:
@@ -160,14 +165,46 @@ def test_not_root_is_one_line_before_anything_is_built(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_keys_lists_every_setting_with_its_default() -> None:
+def test_keys_lists_every_setting_with_its_default_as_toml() -> None:
     proc = lab("keys")
     assert proc.returncode == 0, proc
     lines = proc.stdout.splitlines()
-    assert all(" = " in line for line in lines)
-    keys = dict(line.split(" = ", 1) for line in lines)
-    assert keys["backend"] == "'mariadb'" and keys["provider"] == "'process'"
-    assert "client.tcp_retries2" in keys and "fault.kind" in keys
+    assert lines[2] == "[defaults]"
+    # a key's line follows its two comment lines: the description, then the facts
+    assigned = dict(line.removeprefix("# ").split(" = ", 1) for i, line in enumerate(lines)
+                    if i > 2 and lines[i - 1].startswith("#   "))
+    assert assigned["backend"] == '"mariadb"' and assigned["provider"] == '"process"'
+    assert assigned["client.tcp_retries2"] == "..." and assigned["capture"] == "true"
+    assert set(assigned) == set(scenario.valid_keys())
+    at = lines.index("# client.tcp_user_timeout_ms = ...")
+    assert lines[at - 2].startswith("# TCP_USER_TIMEOUT")
+    assert lines[at - 1] == "#   integer, ms, 1..2147483647; default: unset"
+
+
+def test_keys_json_and_schema() -> None:
+    keys = json.loads(lab("keys", "--json").stdout)
+    timeout = next(k for k in keys if k["key"] == "client.read_timeout_s")
+    assert timeout["type"] == "number" and timeout["unit"] == "s"
+    assert timeout["default"] is None and timeout["range"] == "> 0, <= 86400"
+    schema = json.loads(lab("keys", "--schema").stdout)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert set(schema["properties"]) == {"description", "defaults", "trial", "matrix"}
+
+
+def test_scenarios_lists_the_shipped_ones() -> None:
+    proc = lab("scenarios")
+    assert proc.returncode == 0, proc
+    assert "seed-lvs-mysql" in proc.stdout and "the article's fixes" in proc.stdout
+    listed = json.loads(lab("scenarios", "--json").stdout)
+    seed = next(s for s in listed if s["name"] == "seed-lvs-mysql")
+    assert seed["trials"] == 7 and Path(seed["path"]).is_file()
+
+
+def test_version() -> None:
+    proc = lab("--version")
+    assert proc.returncode == 0, proc
+    assert re.fullmatch(r"lab \d+\.\d+\.\d+\S*( \(commit [0-9a-f]{40}(\+dirty)?\))?\n",
+                        proc.stdout), proc.stdout
 
 
 def test_report_of_a_finished_run(tmp_path: Path) -> None:
@@ -177,11 +214,18 @@ def test_report_of_a_finished_run(tmp_path: Path) -> None:
     assert "switchover" in proc.stdout  # the summary table
     wrote = [line.removeprefix("wrote ") for line in proc.stdout.splitlines()
              if line.startswith("wrote ")]
-    assert wrote == [str(run_dir / "report" / "timelines.png"),
-                     str(run_dir / "report" / "predicted_vs_measured.png"),
-                     str(run_dir / "switchover" / "timeline.png")]
+    assert {str(run_dir / "report" / "timelines.png"),
+            str(run_dir / "report" / "predicted_vs_measured.png"),
+            str(run_dir / "switchover" / "timeline.png")} <= set(wrote)
     for path in map(Path, wrote):
-        assert path.read_bytes().startswith(b"\x89PNG")
+        assert path.is_file()
+        if path.suffix == ".png":
+            assert path.read_bytes().startswith(b"\x89PNG")
+    data = json.loads(lab("report", run_dir, "--json").stdout)
+    assert data["wrote"] == wrote
+    (row,) = data["trials"]
+    assert row["trial"] == "switchover" and row["measured_outage_s"] == 14.0
+    assert row["errors"] == 1 and row["verdict"] == "ok"
 
 
 def test_report_of_a_folder_that_is_no_run(tmp_path: Path) -> None:
@@ -255,3 +299,238 @@ def test_run_exit_code(tmp_path: Path, measured: float | None, failures: dict[st
                        code: int) -> None:
     rows = [{"trial": "t1", "verdict": verdict(PREDICTED_14, measured, deadline_s=30)}]
     assert run_exit_code(_matrix(tmp_path, failures), rows) == code
+
+
+# --- lab run --dry-run, --json ------------------------------------------------------------
+
+def test_dry_run_predicts_every_trial_and_builds_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = lab("run", "seed-lvs-mysql", "--dry-run", "--out", out)
+    assert proc.returncode == 0, proc
+    row = next(line for line in proc.stdout.splitlines() if "retries2-15" in line)
+    assert "938.63s" in row and "retries2" in row and "1200s" in row
+    assert "about 954 s" in " ".join(proc.stdout.split())
+    data = json.loads(lab("run", "seed-lvs-mysql", "--dry-run", "--json").stdout)
+    by_name = {t["trial"]: t for t in data["trials"]}
+    assert by_name["expire-nodest-conn"]["mechanism"] == "lb_reset"
+    assert by_name["retries2-5"]["predicted_outage_s"] == pytest.approx(13.43, abs=0.01)
+    assert by_name["retries2-5"]["deadline_s"] == 1200
+    assert not out.exists()
+
+
+def test_dry_run_of_bad_input_is_one_line(tmp_path: Path) -> None:
+    assert lab_error(lab("run", "ci-short", "--dry-run", "--set", "lb.engine=lvs")).startswith(
+        f"lab: {ROOT / 'lab' / 'scenarios' / 'ci-short.toml'}: trial ")
+
+
+@pytest.mark.root
+def test_dry_run_needs_no_root(tmp_path: Path) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) not installed")
+    proc = subprocess.run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+         "lab.cli", "run", "ci-short", "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+        timeout=120, env={**os.environ, "HOME": "/tmp"})
+    assert proc.returncode == 0, proc
+    assert "switchover-retries2-5" in proc.stdout and "13.43s" in proc.stdout
+
+
+@pytest.mark.root
+def test_run_json_is_the_summary_on_stdout_alone(tmp_path: Path) -> None:
+    """A real (short) trial: stdout is one JSON document, the rest went to stderr."""
+    scen = tmp_path / "one.toml"
+    scen.write_text('[defaults]\ndeadline_s = 10\nafter_s = 1\ncapture = false\n'
+                    '[defaults.fault]\nat_s = 2\n[defaults.lb]\nexpire_nodest_conn = 1\n'
+                    '[[trial]]\nname = "reset"\n')
+    proc = lab("run", scen, "--json", "--out", tmp_path / "out", "--parallel", "1")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == data["exit_code"] == 0, proc.stderr
+    (row,) = data["trials"]
+    assert row["trial"] == "reset" and row["predicted_mechanism"] == "lb_reset"
+    assert isinstance(row["measured_outage_s"], float) and row["verdict"].startswith("ok")
+    assert row["client.tcp_retries2"] is None and row["capture"] is False
+    assert "summary" in proc.stderr and Path(data["run_dir"], "summary.csv").is_file()
+
+
+# --- doctor, completion, --version, help ------------------------------------------------------
+
+def test_doctor_json_lists_the_checks() -> None:
+    proc = lab("doctor", "--json")
+    checks = json.loads(proc.stdout)
+    assert proc.returncode == (0 if all(c["ok"] for c in checks if c["required"]) else 1)
+    names = [c["name"] for c in checks]
+    assert "root" in names and "engine auto" in names
+    assert all(set(c) == {"name", "ok", "required", "detail", "fix"} for c in checks)
+    assert all(c["fix"] is None for c in checks if c["ok"])
+
+
+def test_doctor_shows_a_fix_only_where_a_check_fails() -> None:
+    from rich.console import Console
+
+    from lab.cli.views import doctor_table
+    from lab.ops.doctor import Check
+    checks = [Check("root", True, "euid 0", fix="use sudo"),
+              Check("netem", False, "no sch_netem", required=False, fix="use the VM")]
+    console = Console(width=200, record=True)
+    console.print(doctor_table(checks))
+    text = console.export_text()
+    assert "use the VM" in text and "use sudo" not in text
+    console.print(doctor_table(checks[:1]))
+    assert "fix" not in console.export_text()  # nothing fails: no fix column
+
+
+def test_bash_completion_offers_the_subcommands_and_options() -> None:
+    """The script `lab completion bash` prints, sourced into bash, completes `lab <TAB>`."""
+    bash = shutil.which("bash")
+    lab_bin = Path(sys.executable).parent / "lab"
+    if bash is None or not lab_bin.exists():
+        pytest.skip("needs bash and the installed lab entry point")
+    script = ('eval "$(lab completion bash)"; COMP_WORDS=($WORDS); COMP_CWORD=$CWORD; '
+              'COMP_LINE="$LINE"; COMP_POINT=${#LINE}; _python_argcomplete lab; '
+              'printf "%s\\n" "${COMPREPLY[@]}"')
+
+    def complete(line: str) -> list[str]:
+        words = line.split() + ([""] if line.endswith(" ") else [])
+        env = {**os.environ, "PATH": f"{lab_bin.parent}:{os.environ['PATH']}",
+               "WORDS": " ".join(words), "CWORD": str(len(words) - 1), "LINE": line}
+        proc = subprocess.run([bash, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc
+        return [w.strip() for w in proc.stdout.splitlines()]
+
+    assert {"run", "report", "compare", "keys", "scenarios", "doctor", "tm", "vm",
+            "completion"} <= set(complete("lab "))
+    assert "--dry-run" in complete("lab run --d")
+    assert "seed-lvs-mysql" in complete("lab run se")
+    assert {"plan", "predict", "fit", "live"} <= set(complete("lab tm "))
+    zsh = lab("completion", "zsh")
+    assert zsh.returncode == 0 and zsh.stdout.startswith("#compdef lab")
+
+
+def _all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    from lab.cli.main import build_parser
+    todo = [("lab", build_parser())]
+    found = []
+    while todo:
+        name, parser = todo.pop()
+        found.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {n}", p) for n, p in action.choices.items()]
+    return found
+
+
+def test_help_texts_do_not_point_into_source_files() -> None:
+    source = re.compile(r"\blab/[a-z_]+/|\w\.py\b|\blab\.[a-z_]+\.[a-z_]")
+    for name, parser in _all_parsers():
+        text = parser.format_help()
+        assert not source.search(text), (name, source.search(text))
+
+
+def test_lazy_commands_show_the_help_their_modules_give() -> None:
+    """`lab --help` without importing tm and vm says what they say about themselves."""
+    from lab.cli.main import LAZY_COMMANDS, build_parser
+    assert build_parser(set()).format_help() == build_parser().format_help()
+    assert set(LAZY_COMMANDS) == {"tm", "vm"}
+
+
+def test_parser_constants_are_the_libraries() -> None:
+    from lab.cli import main as cli
+    from lab.experiment.matrix import DEFAULT_PARALLEL
+    from lab.net.runtime import MAX_SLOTS
+    assert (cli.DEFAULT_PARALLEL, cli.MAX_PARALLEL) == (DEFAULT_PARALLEL, MAX_SLOTS)
+
+
+HEAVY = ("matplotlib", "scapy", "docker", "numpy", "rich.live", "lab.experiment.trial",
+         "lab.backends", "lab.tm")
+IMPORTED = """
+import sys
+from lab.cli import main
+try:
+    code = main(sys.argv[2:])
+except SystemExit as exc:
+    code = exc.code
+assert code == 0, code
+heavy = sys.argv[1].split(",")
+print(sorted({m for m in sys.modules for h in heavy if m == h or m.startswith(h + ".")}))
+"""
+
+
+@pytest.mark.parametrize(("argv", "also_not"), [
+    (["--help"], ("pydantic", "rich")),
+    (["keys"], ("rich",)),
+    (["--version"], ("pydantic", "rich")),
+    (["completion", "bash"], ("pydantic", "rich")),
+])
+def test_start_up_imports_only_what_the_command_uses(argv: list[str],
+                                                     also_not: tuple[str, ...]) -> None:
+    heavy = ",".join(HEAVY + also_not)
+    proc = subprocess.run([sys.executable, "-c", IMPORTED, heavy, *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+
+
+BLOCK = """
+import sys
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == sys.argv[1]:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Missing())
+from lab.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_missing_extra_is_one_line(tmp_path: Path) -> None:
+    """Without matplotlib (the report extra) `lab report` says which extra to install."""
+    run_dir = make_run(tmp_path, "run-a", 14.0)
+    proc = subprocess.run([sys.executable, "-c", BLOCK, "matplotlib", "report", str(run_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert lab_error(proc) == ("lab: the report needs matplotlib -- pip install "
+                               "'blackhole-lab[report]'")
+    proc = subprocess.run([sys.executable, "-c", BLOCK, "docker", "image", "build"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert lab_error(proc) == ("lab: lab image build needs docker -- pip install "
+                               "'blackhole-lab[docker]'")
+
+
+# --- the live view ------------------------------------------------------------------------
+
+def test_live_view_shows_deadline_prediction_and_eta() -> None:
+    from rich.console import Console
+
+    from lab.cli.views import eta, progress_table
+    from lab.experiment.trial import TrialStatus
+    now = time.monotonic()
+    st = TrialStatus("t1", phase="outage", started=now - 20, fault_t=now - 4, deadline_s=60,
+                     predicted_s=13.4, mechanism="retries2")
+    assert eta(st, now) == "~9s"
+    assert eta(TrialStatus("t", fault_t=now - 20, deadline_s=60, predicted_s=13.4,
+                           mechanism="retries2"), now) == "deadline in 40s"
+    assert eta(TrialStatus("t", fault_t=now - 5, deadline_s=60, predicted_s=None,
+                           mechanism="retries2"), now) == "deadline in 55s"
+    assert eta(TrialStatus("t", fault_t=now - 5, recovered_t=now - 1, deadline_s=60), now) \
+        == "recovered"
+    assert eta(TrialStatus("t", deadline_s=60), now) == "-"
+    console = Console(width=200, record=True)
+    console.print(progress_table({"t1": st}))
+    text = console.export_text()
+    for header in ("predicted", "deadline", "ETA"):
+        assert header in text
+    assert "13.4s retries2" in text and "60s" in text and "~9s" in text
+
+
+def test_every_preloaded_module_exists() -> None:
+    """The entry point imports these before it arms the stop signals (a typo would leave a
+    command's imports to after, where a Ctrl-C may interrupt one half-way)."""
+    import importlib.util
+
+    from lab.cli.main import PRELOAD
+    commands = {n for n, _ in _all_parsers() if n.count(" ") == 1}
+    assert {f"lab {c}" for c in PRELOAD} <= commands
+    for modules in PRELOAD.values():
+        for module in modules:
+            assert importlib.util.find_spec(module) is not None, module

@@ -96,7 +96,8 @@ def test_a_directory(tmp_path: Path) -> None:
 def test_missing_file_keeps_its_line(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     assert refused(missing) == (
-        f"scenario file {missing} not found -- give a path such as scenarios/*.toml")
+        f"scenario file {missing} not found -- give a path, or a name that 'lab scenarios' "
+        "lists")
 
 
 def test_a_path_under_a_file_is_not_found(tmp_path: Path) -> None:

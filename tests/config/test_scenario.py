@@ -114,3 +114,35 @@ def test_strict_settings_from_python_too() -> None:
         TrialSettings.model_validate({"name": ".hidden"})
     ok = TrialSettings.model_validate({"deadline_s": 60, "lb": {"expire_nodest_conn": 1}})
     assert ok.deadline_s == 60.0 and isinstance(ok.deadline_s, float)
+
+
+def test_shipped_scenarios_are_package_data_with_descriptions() -> None:
+    """lab/scenarios ships in the wheel (pyproject's package-data covers every file in it)
+    and the repository's scenarios/ is the same folder."""
+    import fnmatch
+    import tomllib
+    assert (ROOT / "scenarios").resolve() == scenario.SHIPPED_DIR
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["package-data"]["lab.scenarios"]
+    files = [p.relative_to(scenario.SHIPPED_DIR).as_posix()
+             for p in scenario.SHIPPED_DIR.rglob("*") if p.is_file()]
+    assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), files
+    shipped = {s.name: s for s in scenario.shipped()}
+    assert {"seed-lvs-mysql", "ci-short", "mitigations-short"} <= set(shipped)
+    assert all(s.description for s in shipped.values()), shipped
+    assert shipped["seed-lvs-mysql"].trials == len(
+        scenario.load(shipped["seed-lvs-mysql"].path).trials)
+    assert shipped["mitigations-short"].trials == len(
+        scenario.load(shipped["mitigations-short"].path).trials)
+
+
+def test_a_scenario_by_name_is_the_shipped_one_unless_a_file_is_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed = scenario.SHIPPED_DIR / "seed-lvs-mysql.toml"
+    monkeypatch.chdir(tmp_path)
+    assert scenario.resolve("seed-lvs-mysql") == seed
+    assert scenario.resolve("seed-lvs-mysql.toml") == seed
+    assert scenario.resolve("nothere") == Path("nothere")  # load then says it is missing
+    assert scenario.resolve("sub/seed-lvs-mysql") == Path("sub/seed-lvs-mysql")  # a path
+    (tmp_path / "seed-lvs-mysql.toml").write_text('[[trial]]\nname = "mine"\n')
+    assert scenario.resolve("seed-lvs-mysql.toml") == Path("seed-lvs-mysql.toml")
