@@ -52,6 +52,7 @@ bench: setup
 	$(PY) benchmarks/bench_trial_setup.py
 	$(PY) benchmarks/bench_matrix.py
 	$(PY) benchmarks/bench_drivers.py
+	$(PY) benchmarks/bench_cli.py
 
 clean: venv
 	$(LAB) clean
