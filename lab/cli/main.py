@@ -400,6 +400,11 @@ def _parallel(text: str) -> int:
     return value
 
 
+def _fraction_as_pct(text: str) -> float:
+    """--rel-tol 0.1 (a CI script's older spelling) is --fail-on 10."""
+    return 100 * _non_negative(text)
+
+
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -466,6 +471,9 @@ def _add_results(sub: Subparsers) -> None:
     cmp_.add_argument("--fail-on", type=_non_negative, default=10.0, metavar="PCT",
                       help="a regression is the metric worse by more than PCT percent "
                       "(default: 10)")
+    cmp_.add_argument("--rel-tol", dest="fail_on", type=_fraction_as_pct,
+                      default=argparse.SUPPRESS, metavar="FRACTION",
+                      help="the older spelling of --fail-on, as a fraction (0.1 = 10 %%)")
     cmp_.add_argument("--abs-tol", type=_non_negative, default=0.5, metavar="X",
                       help="... and by more than X in the metric's unit, its noise floor "
                       "(default: 0.5)")

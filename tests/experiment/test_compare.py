@@ -100,6 +100,9 @@ def test_cli_prints_counts_as_integers_the_percent_and_what_differs(
     assert "  run: overrides: [] -> ['client.tcp_retries2=8']" in lines
     assert lines[-1] == "1 regression(s) in measured_outage_s"
     assert lab("compare", *runs, "--fail-on", "25").returncode == 0
+    # the older spelling a CI script may still use: a fraction
+    assert lab("compare", *runs, "--rel-tol", "0.25").returncode == 0
+    assert lab("compare", *runs, "--rel-tol", "0.1").returncode == 1
 
 
 def test_cli_json(runs: tuple[Path, Path]) -> None:
