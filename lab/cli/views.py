@@ -133,16 +133,17 @@ def diff_lines(comparison: Comparison) -> list[str]:
 
 
 def doctor_table(checks: Iterable[Check]) -> Table:
-    """check, status, detail, and the fix on the rows that fail (no fix column if none)."""
-    checks = list(checks)
-    fixes = any(c.fix and not c.ok for c in checks)
+    """check, status, detail; a failing row's fix goes under its detail (a fix column would
+    be empty on most rows and wrap every other column)."""
     table = Table(title="lab doctor")
-    for col in ("check", "status", "detail", *(["fix"] if fixes else [])):
+    for col in ("check", "status", "detail"):
         table.add_column(col)
     for c in checks:
         status = "ok" if c.ok else ("missing" if c.required else "no")
-        cells = [_cell(c.name), status, _cell(c.detail)]
-        table.add_row(*cells, *([_cell(c.fix if not c.ok else "")] if fixes else []))
+        detail = _cell(c.detail)
+        if c.fix and not c.ok:
+            detail += f"\n[yellow]fix: {_cell(c.fix)}[/yellow]"
+        table.add_row(_cell(c.name), status, detail)
     return table
 
 

@@ -375,9 +375,9 @@ def test_doctor_shows_a_fix_only_where_a_check_fails() -> None:
     console = Console(width=200, record=True)
     console.print(doctor_table(checks))
     text = console.export_text()
-    assert "use the VM" in text and "use sudo" not in text
+    assert "fix: use the VM" in text and "use sudo" not in text
     console.print(doctor_table(checks[:1]))
-    assert "fix" not in console.export_text()  # nothing fails: no fix column
+    assert "fix" not in console.export_text()  # nothing fails: no fix shown
 
 
 def test_bash_completion_offers_the_subcommands_and_options() -> None:

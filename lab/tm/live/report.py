@@ -251,7 +251,7 @@ def plot(out: Path, scen: Scenario) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lab.experiment.report import save_figure  # with matplotlib: only when plotting
+    from lab.experiment.figures import save_figure  # with matplotlib: only when plotting
 
     names = sorted(scen.sites)
     rows = len(names) + 2

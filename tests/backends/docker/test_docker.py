@@ -11,6 +11,7 @@ dockerd, no new `bhl-` namespace and no new link.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -199,12 +200,11 @@ def test_clean_removes_only_containers_of_dead_runs() -> None:
 
 @pytest.mark.root
 def test_doctor_reports_docker_and_images() -> None:
-    out = subprocess.run([sys.executable, "-m", "lab.cli", "doctor"], capture_output=True,
-                         text=True, env={**os.environ, "COLUMNS": "250"}).stdout
-    docker_line = next(line for line in out.splitlines() if "│ docker " in line)
-    images_line = next(line for line in out.splitlines() if "│ docker images" in line)
-    assert "│ ok " in docker_line and "at unix://" in docker_line, docker_line
-    assert docker_image.image_ref() in images_line, images_line
+    out = subprocess.run([sys.executable, "-m", "lab.cli", "doctor", "--json"],
+                         capture_output=True, text=True).stdout
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert rows["docker"]["ok"] and "at unix://" in rows["docker"]["detail"], rows["docker"]
+    assert docker_image.image_ref() in rows["docker images"]["detail"], rows["docker images"]
     assert docker_engine.private_pid() is None  # the probe stopped the dockerd it started
 
 
