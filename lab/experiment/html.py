@@ -150,7 +150,7 @@ def _setting_columns(rows: list[dict[str, str]]) -> list[str]:
 def _differs(rows: list[dict[str, str]], row: dict[str, str]) -> dict[str, str]:
     """This trial's value of every setting that is not the same in all trials of the run."""
     varying = [c for c in _setting_columns(rows) if len({r.get(c, "") for r in rows}) > 1]
-    return {c: row.get(c, "") or "-" for c in varying}
+    return {c: row.get(c, "") or "unset" for c in varying}
 
 
 def _kv(pairs: dict[str, Any]) -> str:
