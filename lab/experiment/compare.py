@@ -159,15 +159,3 @@ def compare_runs(
                 Change(trial, m, a, b, m == metric and regressed(a, b, rel_tol, abs_tol)))
     every, per_trial, more = _settings_diff(run_a, run_b, common)
     return Comparison(changes, notes + more, _run_diff(run_a, run_b), every, per_trial)
-
-
-def compare(
-    run_a: Path,
-    run_b: Path,
-    metric: str = "measured_outage_s",
-    rel_tol: float = 0.10,
-    abs_tol: float = 0.5,
-) -> tuple[list[Change], list[str]]:
-    """The changes and notes of compare_runs (the settings differences left out)."""
-    result = compare_runs(run_a, run_b, metric, rel_tol, abs_tol)
-    return result.changes, result.notes

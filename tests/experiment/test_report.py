@@ -56,7 +56,8 @@ def test_same_settings_compare_clean(
     out = capsys.readouterr().out
     print(out)
     assert "0 regression(s) in measured_outage_s" in out
-    changes, notes = compare.compare(runs["a"], runs["b"])
+    c = compare.compare_runs(runs["a"], runs["b"])
+    changes, notes = c.changes, c.notes
     assert not notes and not any(c.regression for c in changes)
     assert {c.trial for c in changes} == {"user-timeout", "expire-nodest-conn"}
 
@@ -69,7 +70,7 @@ def test_worse_setting_is_a_regression_and_fails(
     out = capsys.readouterr().out
     print(out)
     assert "1 regression(s) in measured_outage_s" in out and "REGRESSION" in out
-    changes, _ = compare.compare(runs["a"], runs["c"])
+    changes = compare.compare_runs(runs["a"], runs["c"]).changes
     (bad,) = [c for c in changes if c.regression]
     assert bad.trial == "user-timeout" and bad.a is not None and bad.b is not None
     assert bad.b - bad.a > 2.5  # 3 s -> 6 s of TCP_USER_TIMEOUT
@@ -95,4 +96,4 @@ def test_report_writes_the_timeline_plots(runs: dict[str, Path]) -> None:
 
 def test_compare_rejects_an_unknown_metric(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="unknown metric"):
-        compare.compare(tmp_path, tmp_path, metric="qps")
+        compare.compare_runs(tmp_path, tmp_path, metric="qps")
