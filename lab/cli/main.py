@@ -90,28 +90,6 @@ def needs_extra(extra: str, what: str) -> Iterator[None]:
                        f"pip install 'blackhole-lab[{extra}]'") from None
 
 
-def json_value(value: Any) -> Any:
-    """A summary value as JSON: "" (nothing) is null; a summary.csv string is read back as
-    the number or boolean it was written from."""
-    if not isinstance(value, str):
-        return value
-    if value == "":
-        return None
-    if value in ("True", "False"):
-        return value == "True"
-    for kind in (int, float):
-        try:
-            number = kind(value)
-        except ValueError:
-            continue
-        return number if math.isfinite(number) else value
-    return value
-
-
-def json_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if k == "trial" else json_value(v)) for k, v in row.items()}
-
-
 def print_json(data: Any) -> None:
     emit(json.dumps(data, indent=2, default=str))
 
@@ -183,7 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             printer.close()
     _print_outcome(matrix, rows)
     if args.json:
-        print_json({"run_dir": str(run_dir), "trials": [json_row(r) for r in rows],
+        from lab.experiment import rundata
+        print_json({"run_dir": str(run_dir), "trials": [rundata.typed_row(r) for r in rows],
                     "failures": matrix.failures, "exit_code": run_exit_code(matrix, rows)})
     return run_exit_code(matrix, rows)
 
@@ -211,53 +190,11 @@ def run_exit_code(matrix: MatrixRun, rows: list[dict[str, Any]]) -> int:
 
 # --- lab run --dry-run --------------------------------------------------------------------
 
-def _engine(requested: str) -> tuple[str, str]:
-    """(engine, note): what `auto` picks here; an engine this host lacks is still predicted
-    (the note says a real run here would stop)."""
-    from lab import lb
-    try:
-        return lb.choose_engine(requested)[0], ""
-    except LabError:
-        return requested, f"no {requested} engine on this host: a run here stops before it"
-
-
-def plan(scen: Scenario) -> list[dict[str, Any]]:
-    """Each trial's predicted outage and mechanism, and how long its load runs (fault time +
-    outage, capped by the deadline, + after_s), from the model alone."""
-    with needs_extra("docker", "a dry run"):
-        from lab.experiment.trial import IDLE_QUIET_S, predict
-    out = []
-    for t in scen.trials:
-        engine, note = _engine(t.lb.engine)
-        # an idle load's fault comes IDLE_QUIET_S into an idle period, as in the trial
-        p = predict(t, engine, IDLE_QUIET_S if t.load.shape == "idle" else 0.0)
-        ends = t.deadline_s if p.outage_s is None else min(p.outage_s, t.deadline_s)
-        if p.outage_s is None or p.outage_s > t.deadline_s:
-            note = note or "not recovered by the deadline"
-        out.append({"trial": t.name, "lb": engine, "fault": t.fault.kind,
-                    "predicted_outage_s": _round(p.outage_s), "mechanism": p.mechanism,
-                    "detect_s": _round(p.detect_s), "detail": p.detail,
-                    "deadline_s": t.deadline_s,
-                    "observed_s": round(t.fault.at_s + ends + t.after_s, 3), "note": note})
-    return out
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 3)
-
-
-def wall_estimate(lengths: Sequence[float], parallel: int) -> float:
-    """The run's length with `parallel` slots taking the trials in order (as MatrixRun)."""
-    slots = [0.0] * max(1, min(parallel, len(lengths) or 1))
-    for length in lengths:
-        slots[slots.index(min(slots))] += length
-    return max(slots)
-
-
 def dry_run(scen: Scenario, parallel: int, as_json: bool) -> int:
     """What the run would show, from the model: nothing is built, no root needed."""
-    plans = plan(scen)
-    wall = wall_estimate([p["observed_s"] for p in plans], parallel)
+    from lab.experiment import dryrun
+    plans = dryrun.plan(scen)
+    wall = dryrun.wall_estimate([p["observed_s"] for p in plans], parallel)
     if as_json:
         print_json({"scenario": scen.name, "trials": plans, "parallel": parallel,
                     "estimated_wall_s": round(wall, 3)})
@@ -281,7 +218,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from lab.experiment import report
     paths = report.make_report(run_dir)
     if args.json:
-        print_json({"run_dir": str(run_dir), "trials": [json_row(r) for r in rows],
+        print_json({"run_dir": str(run_dir), "trials": [rundata.typed_row(r) for r in rows],
                     "wrote": [str(p) for p in paths]})
         return OK
     from lab.cli.views import summary_table

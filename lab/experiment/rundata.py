@@ -55,3 +55,25 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
         return data
     except (OSError, ValueError):
         return {}
+
+
+def typed(value: Any) -> Any:
+    """A summary.csv string read back as what it was written from: "" (nothing) is None,
+    "True"/"False" a boolean, a finite number a number (for --json and other readers)."""
+    if not isinstance(value, str):
+        return value
+    if value == "":
+        return None
+    if value in ("True", "False"):
+        return value == "True"
+    for kind in (int, float):
+        try:
+            number = kind(value)
+        except ValueError:
+            continue
+        return number if math.isfinite(number) else value
+    return value
+
+
+def typed_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if k == "trial" else typed(v)) for k, v in row.items()}
