@@ -17,6 +17,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from lab.config.stacks import LIBRARY_KEYS, STACK_NAMES, STACKS, refused
+
 
 def key(default: Any, description: str, unit: str | None = None) -> Any:
     """A setting's default with its one-line description and unit: `lab keys` and the scenario
@@ -83,9 +85,10 @@ class ClientSettings(Section):
         "per socket")
     # application timeouts (PyMySQL connect/read/write timeout; JDBC connectTimeout/socketTimeout)
     # (<= a day: a timeout longer than the longest trial never fires; None = no timeout)
-    connect_timeout_s: Timeout = key(
+    # (a zoo stack's default is its library's own, lab.config.stacks; None there: it has none)
+    connect_timeout_s: Timeout | None = key(
         10.0, "the client library's connect timeout (PyMySQL connect_timeout, JDBC "
-        "connectTimeout)", "s")
+        "connectTimeout; load.driver zoo: unset is the library's own default)", "s")
     read_timeout_s: Timeout | None = key(
         None, "the client library's read timeout (PyMySQL read_timeout, JDBC socketTimeout; "
         "unset: none)", "s")
@@ -155,9 +158,15 @@ class LbSettings(Section):
 class LoadSettings(Section):
     """The client's load: which driver, how many connections, busy or idle."""
 
-    driver: Literal["oltp", "http", "sysbench"] = key(
+    driver: Literal["oltp", "http", "sysbench", "command", "zoo"] = key(
         "oltp", "the client: oltp (sysbench-like oltp_read_write, MariaDB), http (keep-alive "
-        "HTTP/1.1, NGINX), sysbench (the sysbench 1.0.20 binary)")
+        "HTTP/1.1, NGINX), sysbench (the sysbench 1.0.20 binary), command (your program, "
+        "load.command, measured from the wire), zoo (a real client library, load.stack)")
+    command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None \
+        = key(None, "driver command: the program to run as the client, an argv list; it finds "
+              "the service in LAB_HOST, LAB_PORT, LAB_USER, LAB_PASSWORD, LAB_DATABASE, LAB_URL")
+    stack: Literal[*STACK_NAMES] | None = key(  # type: ignore[valid-type]
+        None, "driver zoo: the client stack, one of " + ", ".join(STACK_NAMES))
     threads: Annotated[int, Field(ge=1, le=64)] = key(
         1, "client threads, each with its own long-lived connection")
     tables: Annotated[int, Field(ge=1, le=64)] = key(4, "tables MariaDB is seeded with")
@@ -274,7 +283,7 @@ class TrialSettings(Section):
 
     # which load drivers speak each backend's protocol
     DRIVERS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "mariadb": ("oltp", "sysbench"), "nginx": ("http",),
+        "mariadb": ("oltp", "sysbench", "command", "zoo"), "nginx": ("http", "command"),
     }
     # what the real sysbench 1.0.20 binary cannot do (it sets no socket option and no
     # MYSQL_OPT_*_TIMEOUT: read back from its sockets with getsockopt; --rate is an integer tps)
@@ -283,6 +292,25 @@ class TrialSettings(Section):
         "read_timeout_s", "write_timeout_s",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _library_default(cls, data: Any) -> Any:
+        """An unset connect timeout is the client's own: 10 s for the lab's drivers (PyMySQL's),
+        the library's for a zoo stack, none for a command (the lab cannot set its timeouts)."""
+        if not isinstance(data, dict):
+            return data
+        load, client = data.get("load"), data.get("client", {})
+        if not isinstance(load, dict) or not isinstance(client, dict) \
+                or "connect_timeout_s" in client:
+            return data
+        if load.get("driver") == "zoo" and load.get("stack") in STACKS:
+            default = STACKS[load["stack"]].connect_timeout_s
+        elif load.get("driver") == "command":
+            default = None
+        else:
+            return data
+        return {**data, "client": {**client, "connect_timeout_s": default}}
+
     @model_validator(mode="after")
     def _consistent(self) -> TrialSettings:
         """Reject combinations no part of the lab can run, naming the keys to change."""
@@ -290,6 +318,7 @@ class TrialSettings(Section):
             raise ValueError(
                 f"load.driver={self.load.driver!r} cannot talk to backend={self.backend!r}; "
                 f"use load.driver in {self.DRIVERS[self.backend]}")
+        self._check_client_program()
         if self.load.driver == "sysbench":
             if self.load.shape != "busy":
                 raise ValueError("load.driver='sysbench' supports only load.shape='busy'")
@@ -298,6 +327,36 @@ class TrialSettings(Section):
                 raise ValueError(f"sysbench 1.0.20 cannot apply client.{bad[0]}; use the oltp "
                                  "driver, or the client.tcp_* namespace sysctls")
         return self
+
+    def _check_client_program(self) -> None:
+        """load.command and load.stack belong to their drivers; a command's sockets and
+        timeouts are its own (the lab can set only the namespace's sysctls for it); a stack
+        takes only the keys its library can apply."""
+        load = self.load
+        if (load.command is not None) != (load.driver == "command"):
+            raise ValueError("load.command is the program of load.driver='command' (set both, "
+                             "or neither)")
+        if (load.stack is not None) != (load.driver == "zoo"):
+            raise ValueError("load.stack is the client of load.driver='zoo' (set both, or "
+                             "neither); stacks: " + ", ".join(STACK_NAMES))
+        if load.driver not in ("command", "zoo"):
+            return
+        if load.shape != "busy":
+            raise ValueError(f"load.driver={load.driver!r} supports only load.shape='busy' "
+                             "(the lab cannot see when a program's connection goes idle)")
+        if load.driver == "command":
+            if load.threads != 1:
+                raise ValueError("load.driver='command' runs your program once: it opens its "
+                                 "own connections; leave load.threads at 1")
+            bad = [k for k in LIBRARY_KEYS if getattr(self.client, k) is not None]
+            if bad:
+                raise ValueError(f"load.driver='command' cannot apply client.{bad[0]}: your "
+                                 "program's sockets and timeouts are its own; set them in it, "
+                                 "or use the client.tcp_* namespace sysctls")
+            return
+        why = refused(load.stack or "", self.client.model_dump())
+        if why:
+            raise ValueError(why)
 
     def flat(self) -> dict[str, Any]:
         """Every setting as a dotted key (the summary.csv columns)."""

@@ -1,0 +1,150 @@
+"""The client stacks of the zoo (`load.driver = "zoo"`): what each library calls the lab's
+client keys, what it does when a key is unset, and which keys it cannot apply at all.
+
+This is configuration knowledge, not code that runs a client: the settings read it to refuse a
+key a library cannot apply (before anything is built), the model to know the library's own
+connect timeout, and `lab keys` to say which option a key becomes. The programs that run each
+stack, and how they are built and found, are lab.load.zoo.
+
+Every value here was read off the library (its documentation, its source, or getsockopt on its
+sockets in a lab trial); the README's zoo table lists the versions they were measured with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# the client keys a stack maps onto its library (sysctls apply to every stack: they are the
+# client namespace's, not the library's)
+LIBRARY_KEYS = (
+    "connect_timeout_s", "read_timeout_s", "write_timeout_s", "tcp_user_timeout_ms",
+    "so_keepalive", "tcp_keepidle", "tcp_keepintvl", "tcp_keepcnt",
+)
+
+
+@dataclass(frozen=True)
+class StackFacts:
+    """One stack: its language and library, its options, its defaults."""
+
+    name: str
+    language: str
+    library: str
+    # client key -> the library's own option it becomes ("socketTimeout (ms)")
+    options: dict[str, str]
+    # client key -> why the library cannot apply it (refused before the trial runs)
+    cannot: dict[str, str] = field(default_factory=dict)
+    # the library's connect timeout when client.connect_timeout_s is unset (None: it has none,
+    # and only the kernel's SYN retries end a connect to a dead address)
+    connect_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        both = set(self.options) & set(self.cannot)
+        missing = set(LIBRARY_KEYS) - set(self.options) - set(self.cannot)
+        if both or missing:
+            raise ValueError(f"stack {self.name}: every key is either an option or cannot "
+                             f"(both: {sorted(both)}, neither: {sorted(missing)})")
+
+
+_JDK_UTO = ("the JDK cannot set TCP_USER_TIMEOUT (jdk.net.ExtendedSocketOptions has no such "
+            "option); use client.read_timeout_s (socketTimeout) or the client.tcp_retries2 "
+            "sysctl")
+_CONNECTORJ_OPTIONS = {
+    "connect_timeout_s": "connectTimeout (ms)",
+    "read_timeout_s": "socketTimeout (ms)",
+    "so_keepalive": "tcpKeepAlive",
+    "tcp_keepidle": "tcpKeepIdle (s)",
+    "tcp_keepintvl": "tcpKeepInterval (s)",
+    "tcp_keepcnt": "tcpKeepCount",
+}
+_CONNECTORJ_CANNOT = {
+    "write_timeout_s": "Connector/J has no write timeout (socketTimeout bounds reads only)",
+    "tcp_user_timeout_ms": _JDK_UTO,
+}
+_SOCKET_AFTER_CONNECT = "setsockopt on the connection's socket after connect"
+
+STACKS: dict[str, StackFacts] = {s.name: s for s in (
+    StackFacts(
+        "java-connectorj", "Java", "MariaDB Connector/J", _CONNECTORJ_OPTIONS,
+        _CONNECTORJ_CANNOT, connect_timeout_s=30.0),
+    StackFacts(
+        "java-hikaricp", "Java", "HikariCP pool over MariaDB Connector/J",
+        _CONNECTORJ_OPTIONS, _CONNECTORJ_CANNOT, connect_timeout_s=30.0),
+    StackFacts(
+        "go-sql-driver", "Go", "go-sql-driver/mysql", {
+            "connect_timeout_s": "timeout (DSN)",
+            "read_timeout_s": "readTimeout (DSN)",
+            "write_timeout_s": "writeTimeout (DSN)",
+            "tcp_user_timeout_ms": "a DialContext that sets TCP_USER_TIMEOUT before connect",
+            "so_keepalive": "net.Dialer KeepAlive (< 0 turns it off)",
+            "tcp_keepidle": "net.Dialer KeepAlive (s)",
+            "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
+        }, connect_timeout_s=None),
+    StackFacts(
+        "node-mysql2", "Node.js", "mysql2", {
+            "connect_timeout_s": "connectTimeout (ms)",
+            "read_timeout_s": "the query's timeout (ms)",
+            "so_keepalive": "enableKeepAlive",
+            "tcp_keepidle": "keepAliveInitialDelay (ms)",
+        }, {
+            "write_timeout_s": "mysql2 has no write timeout",
+            "tcp_user_timeout_ms": "Node's net.Socket cannot set TCP_USER_TIMEOUT",
+            "tcp_keepintvl": "Node's net.Socket cannot set TCP_KEEPINTVL",
+            "tcp_keepcnt": "Node's net.Socket cannot set TCP_KEEPCNT",
+        }, connect_timeout_s=10.0),
+    StackFacts(
+        "php-mysqli", "PHP", "mysqli (mysqlnd)", {
+            "connect_timeout_s": "MYSQLI_OPT_CONNECT_TIMEOUT (s)",
+            "read_timeout_s": "MYSQLI_OPT_READ_TIMEOUT (s)",
+        }, {
+            "write_timeout_s": "mysqli has no write timeout option",
+            "tcp_user_timeout_ms": "mysqli gives no access to its socket",
+            "so_keepalive": "mysqli gives no access to its socket",
+            "tcp_keepidle": "mysqli gives no access to its socket",
+            "tcp_keepintvl": "mysqli gives no access to its socket",
+            "tcp_keepcnt": "mysqli gives no access to its socket",
+        }, connect_timeout_s=60.0),  # default_socket_timeout
+    StackFacts(
+        "c-libmariadb", "C", "MariaDB Connector/C (libmariadb)", {
+            "connect_timeout_s": "MYSQL_OPT_CONNECT_TIMEOUT (s)",
+            "read_timeout_s": "MYSQL_OPT_READ_TIMEOUT (s)",
+            "write_timeout_s": "MYSQL_OPT_WRITE_TIMEOUT (s)",
+            "tcp_user_timeout_ms": f"TCP_USER_TIMEOUT, {_SOCKET_AFTER_CONNECT}",
+            "so_keepalive": f"SO_KEEPALIVE, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepidle": f"TCP_KEEPIDLE, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
+        }, connect_timeout_s=None),
+    StackFacts(
+        "python-mysqlclient", "Python", "mysqlclient (libmariadb)", {
+            "connect_timeout_s": "connect_timeout (s)",
+            "read_timeout_s": "read_timeout (s)",
+            "write_timeout_s": "write_timeout (s)",
+            "tcp_user_timeout_ms": f"TCP_USER_TIMEOUT, {_SOCKET_AFTER_CONNECT}",
+            "so_keepalive": f"SO_KEEPALIVE, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepidle": f"TCP_KEEPIDLE, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
+        }, connect_timeout_s=None),
+    StackFacts(
+        "python-pymysql", "Python", "PyMySQL", {
+            "connect_timeout_s": "connect_timeout (s)",
+            "read_timeout_s": "read_timeout (s)",
+            "write_timeout_s": "write_timeout (s)",
+            "tcp_user_timeout_ms": f"TCP_USER_TIMEOUT, {_SOCKET_AFTER_CONNECT}",
+            "so_keepalive": f"SO_KEEPALIVE, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepidle": f"TCP_KEEPIDLE, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
+            "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
+        }, connect_timeout_s=10.0),
+)}
+STACK_NAMES = tuple(STACKS)
+
+
+def refused(stack: str, set_keys: dict[str, object]) -> str | None:
+    """Why `stack` cannot run with these client keys set (the first one), or None."""
+    facts = STACKS[stack]
+    for key in LIBRARY_KEYS:
+        if set_keys.get(key) is not None and key in facts.cannot:
+            return f"load.stack={stack!r} cannot apply client.{key}: {facts.cannot[key]}"
+    return None
