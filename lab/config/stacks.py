@@ -36,6 +36,8 @@ class StackFacts:
     # the library's connect timeout when client.connect_timeout_s is unset (None: it has none,
     # and only the kernel's SYN retries end a connect to a dead address)
     connect_timeout_s: float | None = None
+    # keys whose library option takes whole seconds only (a fraction is refused, not rounded)
+    whole_seconds: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         both = set(self.options) & set(self.cannot)
@@ -61,6 +63,9 @@ _CONNECTORJ_CANNOT = {
     "tcp_user_timeout_ms": _JDK_UTO,
 }
 _SOCKET_AFTER_CONNECT = "setsockopt on the connection's socket after connect"
+# libmariadb's MYSQL_OPT_*_TIMEOUT are unsigned ints of seconds (and exact: not tripled as in
+# MySQL's libmysqlclient; measured 2.01 s for 2)
+_LIBMARIADB_TIMEOUTS = ("connect_timeout_s", "read_timeout_s", "write_timeout_s")
 
 STACKS: dict[str, StackFacts] = {s.name: s for s in (
     StackFacts(
@@ -75,8 +80,10 @@ STACKS: dict[str, StackFacts] = {s.name: s for s in (
             "read_timeout_s": "readTimeout (DSN)",
             "write_timeout_s": "writeTimeout (DSN)",
             "tcp_user_timeout_ms": "a DialContext that sets TCP_USER_TIMEOUT before connect",
-            "so_keepalive": "net.Dialer KeepAlive (< 0 turns it off)",
-            "tcp_keepidle": "net.Dialer KeepAlive (s)",
+            # the driver turns SO_KEEPALIVE on for every *net.TCPConn it dials (1.5.0,
+            # connector.go): off needs a DialContext that returns the conn wrapped
+            "so_keepalive": "a DialContext with net.Dialer KeepAlive < 0, its conn wrapped",
+            "tcp_keepidle": "net.Dialer KeepAlive (s; Go 1.19 sets TCP_KEEPINTVL to it too)",
             "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
             "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
         }, connect_timeout_s=None),
@@ -114,7 +121,7 @@ STACKS: dict[str, StackFacts] = {s.name: s for s in (
             "tcp_keepidle": f"TCP_KEEPIDLE, {_SOCKET_AFTER_CONNECT}",
             "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
             "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
-        }, connect_timeout_s=None),
+        }, connect_timeout_s=None, whole_seconds=_LIBMARIADB_TIMEOUTS),
     StackFacts(
         "python-mysqlclient", "Python", "mysqlclient (libmariadb)", {
             "connect_timeout_s": "connect_timeout (s)",
@@ -145,6 +152,10 @@ def refused(stack: str, set_keys: dict[str, object]) -> str | None:
     """Why `stack` cannot run with these client keys set (the first one), or None."""
     facts = STACKS[stack]
     for key in LIBRARY_KEYS:
-        if set_keys.get(key) is not None and key in facts.cannot:
+        value = set_keys.get(key)
+        if value is not None and key in facts.cannot:
             return f"load.stack={stack!r} cannot apply client.{key}: {facts.cannot[key]}"
+        if isinstance(value, float) and key in facts.whole_seconds and not value.is_integer():
+            return (f"load.stack={stack!r} takes client.{key} in whole seconds only "
+                    f"({facts.options[key]}); write {max(1, round(value))}")
     return None
