@@ -6,16 +6,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LAB := $(VENV)/bin/lab
 APT_PACKAGES := mariadb-server mariadb-client nftables tcpdump iproute2 conntrack procps sysbench nginx-light haproxy gcc libc6-dev docker.io debootstrap \
-  qemu-system-x86 e2fsprogs vagrant chromium-headless-shell
+  qemu-system-x86 e2fsprogs vagrant chromium-headless-shell $(ZOO_APT_PACKAGES)
+# the client zoo (load.driver "zoo"): each stack's runtime and library, from Debian; the
+# Python ones come with the venv (extra "zoo"), mysql2 from npm into .zoo/node (below)
+ZOO_APT_PACKAGES := default-jdk-headless libmariadb-java libhikaricp-java libslf4j-java \
+  golang-go golang-github-go-sql-driver-mysql-dev php-cli php-mysql libmariadb-dev pkg-config \
+  python3-dev
+# a node that exists is reused (Debian's nodejs/npm can conflict with one installed otherwise)
+NODE_APT_PACKAGES := $(shell command -v node >/dev/null && command -v npm >/dev/null || echo nodejs npm)
+ZOO_NODE := .zoo/node
 SCENARIO ?= scenarios/seed-lvs-mysql.toml
 PYTEST_ARGS ?=
 
-.PHONY: setup apt venv reproduce test test-all vm-test lint bench clean
+.PHONY: setup apt venv zoo reproduce test test-all vm-test lint bench clean
 
-setup: apt venv
+setup: apt venv zoo
 
 apt:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	@missing=$$(for p in $(APT_PACKAGES) $(NODE_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "setup: installing Debian packages:" $$missing; \
 	  export DEBIAN_FRONTEND=noninteractive; \
@@ -30,6 +38,17 @@ $(VENV)/.stamp-install: pyproject.toml
 	@touch $@
 
 venv: $(VENV)/.stamp-install
+
+# mysql2 for the zoo's node-mysql2 stack, pinned by the committed lock file; nothing is
+# fetched at run time
+$(ZOO_NODE)/.stamp-install: lab/load/zoo/node/package.json lab/load/zoo/node/package-lock.json
+	@mkdir -p $(ZOO_NODE)
+	@cp lab/load/zoo/node/package.json lab/load/zoo/node/package-lock.json $(ZOO_NODE)/
+	@cd $(ZOO_NODE) && npm ci --silent --no-audit --no-fund >/dev/null \
+	  || { echo "setup: npm ci failed (is the npm registry reachable?)"; exit 1; }
+	@touch $@
+
+zoo: apt $(ZOO_NODE)/.stamp-install
 
 reproduce: setup
 	$(LAB) run $(SCENARIO)

@@ -46,5 +46,8 @@ def driver_config(settings: TrialSettings, host: str, target_params: Mapping[str
     """load.driver's config for the virtual service host:lb.port, with the client.* and load.*
     sections as they are; target_params: the backend's (Backend.client_params(): with the
     run's password, which is why DriverProcess passes the config in the environment)."""
-    return make_driver_config(settings.load.driver, host, settings.lb.port, target_params,
+    params = dict(target_params)
+    if settings.load.driver in ("command", "zoo"):  # the wire observer reads this protocol
+        params["protocol"] = "mysql" if settings.backend == "mariadb" else "http"
+    return make_driver_config(settings.load.driver, host, settings.lb.port, params,
                               settings.client.model_dump(), settings.load.model_dump())

@@ -10,6 +10,7 @@ missing is one LabError naming the trial that needs it and the fix.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 
 from lab import lb
@@ -60,6 +61,27 @@ def _docker() -> None:
                        "or use provider = \"process\"")
 
 
+def _stack(name: str) -> Check:
+    """A zoo stack's runtime and library are installed (it is built on first use)."""
+    def check() -> None:
+        from lab.load.zoo import runners
+        missing = runners()[name].missing()
+        if missing:
+            raise LabError(f"load.stack={name!r}: {missing[0]}", missing[1])
+    return check
+
+
+def _command(program: str) -> Check:
+    """load.command's program exists and can be run (the namespace shares this filesystem)."""
+    def check() -> None:
+        found = shutil.which(program)
+        if found is None:
+            where = "is not an executable file" if "/" in program else "is not on PATH"
+            raise LabError(f"load.command: {program!r} {where}",
+                           "write the program's full path as load.command's first item")
+    return check
+
+
 def needs(trial: TrialSettings) -> Iterator[tuple[str, Check]]:
     """(key, check) for everything `trial` needs; equal keys are one check."""
     yield "ip", _binary("ip", "iproute2")
@@ -74,6 +96,10 @@ def needs(trial: TrialSettings) -> Iterator[tuple[str, Check]]:
         yield "nginx", _binary("nginx", "nginx-light")
     if trial.load.driver == "sysbench":
         yield "sysbench", _binary("sysbench", "sysbench")
+    if trial.load.stack is not None:
+        yield f"stack {trial.load.stack}", _stack(trial.load.stack)
+    if trial.load.command is not None:
+        yield f"command {trial.load.command[0]}", _command(trial.load.command[0])
     if trial.latency_ms is not None:
         yield "netem", _netem
 

@@ -49,8 +49,10 @@ from lab.model.proxy import predict_proxy
 # The lab's oltp and http drivers then pause RECONNECT_PAUSE_S (5 ms, lab/load/oltp.py) before
 # the next attempt; sysbench's mysql_drv_reconnect every 1 ms.
 RECONNECT_PAUSE_S = 0.005
+# A zoo program pauses as the lab's drivers do (lab.load.zoo.RECONNECT_PAUSE_MS); a command's
+# reconnect is its own, unknown to the lab: predicted as immediate.
 CONNECT_ATTEMPT_COST_S = {"oltp": 0.033 + RECONNECT_PAUSE_S, "http": RECONNECT_PAUSE_S,
-                          "sysbench": 0.001}
+                          "sysbench": 0.001, "zoo": RECONNECT_PAUSE_S, "command": 0.0}
 
 ConnFate = Literal["ok", "refused", "syn_drop", "hung"]
 Step = tuple[float, PathState, Mechanism]
@@ -315,8 +317,10 @@ class _ConnectCost:
     def of(cls, trial: TrialSettings, hz: int) -> _ConnectCost:
         c, driver = trial.client, trial.load.driver
         syn_fail = syn_abort_time(c.tcp_syn_retries or TCP_SYN_RETRIES, hz=hz)
-        # sysbench 1.0.20 sets no MYSQL_OPT_CONNECT_TIMEOUT: only the kernel's SYN retries end it
-        fail_s = syn_fail if driver == "sysbench" else min(c.connect_timeout_s, syn_fail)
+        # sysbench 1.0.20 sets no MYSQL_OPT_CONNECT_TIMEOUT, a command's is unknown and some
+        # zoo libraries have none (connect_timeout_s None): only the kernel's SYN retries end it
+        fail_s = syn_fail if driver == "sysbench" or c.connect_timeout_s is None \
+            else min(c.connect_timeout_s, syn_fail)
         return cls(fail_s, CONNECT_ATTEMPT_COST_S[driver], c.read_timeout_s)
 
     def failed_attempt(self, fate: ConnFate, s: float, failover_s: float
