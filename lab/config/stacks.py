@@ -51,16 +51,24 @@ _JDK_UTO = ("the JDK cannot set TCP_USER_TIMEOUT (jdk.net.ExtendedSocketOptions 
             "option); use client.read_timeout_s (socketTimeout) or the client.tcp_retries2 "
             "sysctl")
 _CONNECTORJ_OPTIONS = {
-    "connect_timeout_s": "connectTimeout (ms)",
+    "connect_timeout_s": "connectTimeout (ms; bounds the TCP connect only)",
     "read_timeout_s": "socketTimeout (ms)",
-    "so_keepalive": "tcpKeepAlive",
-    "tcp_keepidle": "tcpKeepIdle (s)",
-    "tcp_keepintvl": "tcpKeepInterval (s)",
-    "tcp_keepcnt": "tcpKeepCount",
+    "so_keepalive": "tcpKeepAlive (default on)",
 }
+_CONNECTORJ_KEEP = ("Connector/J 2.7.6 has no {} option (only later versions have one); the "
+                    "client namespace's net.ipv4.{} applies")
 _CONNECTORJ_CANNOT = {
     "write_timeout_s": "Connector/J has no write timeout (socketTimeout bounds reads only)",
     "tcp_user_timeout_ms": _JDK_UTO,
+    "tcp_keepidle": _CONNECTORJ_KEEP.format("tcpKeepIdle", "tcp_keepalive_time"),
+    "tcp_keepintvl": _CONNECTORJ_KEEP.format("tcpKeepInterval", "tcp_keepalive_intvl"),
+    "tcp_keepcnt": _CONNECTORJ_KEEP.format("tcpKeepCount", "tcp_keepalive_probes"),
+}
+_HIKARI_OPTIONS = {
+    **_CONNECTORJ_OPTIONS,
+    "connect_timeout_s": "connectTimeout (ms, a data source property; the pool's "
+                         "connectionTimeout, 30 s, still bounds getConnection)",
+    "read_timeout_s": "socketTimeout (ms, a data source property)",
 }
 _SOCKET_AFTER_CONNECT = "setsockopt on the connection's socket after connect"
 # libmariadb's MYSQL_OPT_*_TIMEOUT are unsigned ints of seconds (and exact: not tripled as in
@@ -73,7 +81,7 @@ STACKS: dict[str, StackFacts] = {s.name: s for s in (
         _CONNECTORJ_CANNOT, connect_timeout_s=30.0),
     StackFacts(
         "java-hikaricp", "Java", "HikariCP pool over MariaDB Connector/J",
-        _CONNECTORJ_OPTIONS, _CONNECTORJ_CANNOT, connect_timeout_s=30.0),
+        _HIKARI_OPTIONS, _CONNECTORJ_CANNOT, connect_timeout_s=30.0),
     StackFacts(
         "go-sql-driver", "Go", "go-sql-driver/mysql", {
             "connect_timeout_s": "timeout (DSN)",
