@@ -50,6 +50,8 @@ class StackFacts:
 _JDK_UTO = ("the JDK cannot set TCP_USER_TIMEOUT (jdk.net.ExtendedSocketOptions has no such "
             "option); use client.read_timeout_s (socketTimeout) or the client.tcp_retries2 "
             "sysctl")
+_NODE_KEEP = ("Node's net.Socket cannot set {}; with keepAliveInitialDelay set, Node 20 (libuv "
+              "1.46) forces a {}")
 _CONNECTORJ_OPTIONS = {
     "connect_timeout_s": "connectTimeout (ms; bounds the TCP connect only)",
     "read_timeout_s": "socketTimeout (ms)",
@@ -98,27 +100,31 @@ STACKS: dict[str, StackFacts] = {s.name: s for s in (
     StackFacts(
         "node-mysql2", "Node.js", "mysql2", {
             "connect_timeout_s": "connectTimeout (ms)",
-            "read_timeout_s": "the query's timeout (ms)",
-            "so_keepalive": "enableKeepAlive",
-            "tcp_keepidle": "keepAliveInitialDelay (ms)",
+            "read_timeout_s": "the query's timeout (ms, a timer from the query's start)",
+            "so_keepalive": "enableKeepAlive (default on)",
+            "tcp_keepidle": "keepAliveInitialDelay (ms; Node 20 then forces a 1 s interval "
+                            "and 10 probes)",
         }, {
             "write_timeout_s": "mysql2 has no write timeout",
             "tcp_user_timeout_ms": "Node's net.Socket cannot set TCP_USER_TIMEOUT",
-            "tcp_keepintvl": "Node's net.Socket cannot set TCP_KEEPINTVL",
-            "tcp_keepcnt": "Node's net.Socket cannot set TCP_KEEPCNT",
+            "tcp_keepintvl": _NODE_KEEP.format("TCP_KEEPINTVL", "1 s interval"),
+            "tcp_keepcnt": _NODE_KEEP.format("TCP_KEEPCNT", "10 probes"),
         }, connect_timeout_s=10.0),
     StackFacts(
         "php-mysqli", "PHP", "mysqli (mysqlnd)", {
             "connect_timeout_s": "MYSQLI_OPT_CONNECT_TIMEOUT (s)",
-            "read_timeout_s": "MYSQLI_OPT_READ_TIMEOUT (s)",
+            "read_timeout_s": "MYSQLI_OPT_READ_TIMEOUT (s; unset: mysqlnd.net_read_timeout, "
+                              "86400 s)",
         }, {
             "write_timeout_s": "mysqli has no write timeout option",
             "tcp_user_timeout_ms": "mysqli gives no access to its socket",
-            "so_keepalive": "mysqli gives no access to its socket",
+            "so_keepalive": "mysqlnd always turns SO_KEEPALIVE on, and mysqli gives no access "
+                            "to its socket; the namespace's tcp_keepalive_* sysctls apply",
             "tcp_keepidle": "mysqli gives no access to its socket",
             "tcp_keepintvl": "mysqli gives no access to its socket",
             "tcp_keepcnt": "mysqli gives no access to its socket",
-        }, connect_timeout_s=60.0),  # default_socket_timeout
+        }, connect_timeout_s=60.0,  # default_socket_timeout (mysqlnd passes none)
+        whole_seconds=("connect_timeout_s", "read_timeout_s")),
     StackFacts(
         "c-libmariadb", "C", "MariaDB Connector/C (libmariadb)", {
             "connect_timeout_s": "MYSQL_OPT_CONNECT_TIMEOUT (s)",
@@ -140,7 +146,7 @@ STACKS: dict[str, StackFacts] = {s.name: s for s in (
             "tcp_keepidle": f"TCP_KEEPIDLE, {_SOCKET_AFTER_CONNECT}",
             "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
             "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
-        }, connect_timeout_s=None),
+        }, connect_timeout_s=None, whole_seconds=_LIBMARIADB_TIMEOUTS),
     StackFacts(
         "python-pymysql", "Python", "PyMySQL", {
             "connect_timeout_s": "connect_timeout (s)",
