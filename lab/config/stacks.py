@@ -82,7 +82,7 @@ STACKS: dict[str, StackFacts] = {s.name: s for s in (
         "java-connectorj", "Java", "MariaDB Connector/J", _CONNECTORJ_OPTIONS,
         _CONNECTORJ_CANNOT, connect_timeout_s=30.0),
     StackFacts(
-        "java-hikaricp", "Java", "HikariCP pool over MariaDB Connector/J",
+        "java-hikaricp", "Java", "HikariCP (a pool of 1) over MariaDB Connector/J",
         _HIKARI_OPTIONS, _CONNECTORJ_CANNOT, connect_timeout_s=30.0),
     StackFacts(
         "go-sql-driver", "Go", "go-sql-driver/mysql", {

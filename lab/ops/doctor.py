@@ -2,7 +2,8 @@
 
 One Check per thing a feature needs: the tools and servers (each row says which feature uses
 it), IPVS and netem, the VM (qemu, and KVM or TCG as the VM runner would choose, with the same
-logic), the image builders (debootstrap), gcc for the sysbench reconnect fix, and docker. A
+logic), the image builders (debootstrap), gcc for the sysbench reconnect fix, each client
+stack of the zoo (load.driver "zoo"), and docker. A
 row's fix says what to do and is shown only when the row fails. `required` rows are what every
 trial needs; the others decide which features work.
 """
@@ -131,8 +132,28 @@ def run_checks() -> list[Check]:
     if root:
         checks.append(_netem())
     checks += _vm_and_images()
+    checks += _zoo()
     checks += _docker()
     return checks
+
+
+def _zoo() -> list[Check]:
+    """One row per client stack of load.driver "zoo": its library's version, or what to
+    install (nothing is built here: a stack is built on its first trial)."""
+    from lab.config.stacks import STACKS
+    from lab.load.zoo import runners
+    rows = []
+    for name, runner in runners().items():
+        facts = STACKS[name]
+        missing = runner.missing()
+        what = f"{facts.language}, {facts.library}"
+        if missing:
+            rows.append(Check(f"zoo {name}", False, f"{what}: {missing[0]}", required=False,
+                              fix=missing[1]))
+        else:
+            rows.append(Check(f"zoo {name}", True, f"{what}: {runner.version() or '?'} "
+                              "(for load.stack)", required=False))
+    return rows
 
 
 def _docker() -> list[Check]:

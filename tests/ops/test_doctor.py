@@ -102,3 +102,18 @@ def test_the_docker_row_without_the_docker_module() -> None:
     assert row["name"] == "docker" and row["ok"] is False and row["required"] is False
     assert row["fix"] == "pip install 'blackhole-lab[docker]'"
     assert "docker Python module" in row["detail"]
+
+
+def test_every_zoo_stack_has_a_row_with_its_version_or_its_fix() -> None:
+    """One row per stack of lab.config.stacks; an installed one names its library's version
+    (read here independently: the jar, dpkg, npm or pip metadata agree with what it says)."""
+    from lab.config.stacks import STACK_NAMES
+    zoo = {c.name.removeprefix("zoo "): c for c in doctor._zoo()}
+    assert tuple(zoo) == STACK_NAMES
+    for name, row in zoo.items():
+        print(f"{name}: {row.ok} {row.detail}")
+        assert row.required is False
+        assert row.fix == "" if row.ok else row.fix != ""
+    if zoo["python-pymysql"].ok:
+        import pymysql
+        assert f": {pymysql.__version__} " in zoo["python-pymysql"].detail

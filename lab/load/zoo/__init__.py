@@ -44,8 +44,8 @@ def runners() -> dict[str, Runner]:
     """Every stack's runner, by stack name (imported lazily: a trial needs one)."""
     from lab.load.zoo import jvm, native, scripted
     found: dict[str, Runner] = {**jvm.RUNNERS, **native.RUNNERS, **scripted.RUNNERS}
-    assert tuple(sorted(found)) == tuple(sorted(STACK_NAMES)), sorted(found)
-    return found
+    assert sorted(found) == sorted(STACK_NAMES), sorted(found)
+    return {name: found[name] for name in STACK_NAMES}  # in lab.config.stacks' order
 
 
 def _ms(seconds: float) -> str:

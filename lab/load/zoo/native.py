@@ -66,6 +66,9 @@ class NativeRunner:
     keyed_by: tuple[str, ...]  # packages whose version is part of the cache key
     # (source, output, library version, private dir) -> (argv, extra environment)
     build_command: Callable[[Path, Path, str, Path], tuple[list[str], dict[str, str]]]
+    # the library's own version where its package carries another (libmariadb3 10.11.19 is
+    # Connector/C 3.3.20: mariadb_config --cc_version says so)
+    version_command: tuple[str, ...] = ()
 
     def missing(self) -> tuple[str, str] | None:
         """(problem, fix) naming the Debian package of the first thing absent, else None."""
@@ -76,7 +79,13 @@ class NativeRunner:
         return None
 
     def version(self) -> str | None:
-        """The library package's upstream version (dpkg-query), None when not installed."""
+        """The library's version (version_command, else its package's upstream version from
+        dpkg-query), None when not installed."""
+        if self.version_command and find_binary(self.version_command[0]):
+            out = subprocess.run(list(self.version_command), capture_output=True, text=True,
+                                 check=False).stdout.strip()
+            if out:
+                return out
         return dpkg_version(self.library_package)
 
     def binary(self, cache_dir: Path) -> Path:
@@ -155,6 +164,6 @@ C = NativeRunner(
     "c-libmariadb", HERE / "c" / "zoo.c", "libmariadb3",
     (Requirement("gcc", "gcc"), Requirement("mariadb_config", "libmariadb-dev"),
      Requirement("/usr/include/mariadb/mysql.h", "libmariadb-dev", True)),
-    ("gcc", "libmariadb-dev", "libmariadb3"), _c_build)
+    ("gcc", "libmariadb-dev", "libmariadb3"), _c_build, ("mariadb_config", "--cc_version"))
 
 RUNNERS: dict[str, Runner] = {GO.name: GO, C.name: C}
