@@ -115,5 +115,5 @@ def test_every_zoo_stack_has_a_row_with_its_version_or_its_fix() -> None:
         assert row.required is False
         assert row.fix == "" if row.ok else row.fix != ""
     if zoo["python-pymysql"].ok:
-        import pymysql
-        assert f": {pymysql.__version__} " in zoo["python-pymysql"].detail
+        from importlib.metadata import version
+        assert f": {version('PyMySQL')} " in zoo["python-pymysql"].detail
