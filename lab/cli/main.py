@@ -5,6 +5,7 @@
     lab report RUN_DIR       table + plots of a run
     lab compare RUN_A RUN_B  what changed, what differs; exit 1 on a regression (--fail-on)
     lab keys [--schema]      every scenario key: type, unit, range, default, as TOML
+    lab keys --stacks        what each client.* key becomes in each zoo stack
     lab clean [--all]        remove what killed runs left behind
     lab doctor               what this host can run, and the fix for what it cannot
     lab image build          the docker provider's offline image (idempotent)
@@ -261,12 +262,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from lab.config import keys as reference
+    if args.stacks:
+        return _stacks(args)
     if args.schema:
         print_json(reference.scenario_schema())
     elif args.json:
         print_json([k.as_dict() for k in reference.all_keys()])
     else:
         emit(reference.toml().rstrip("\n"))
+    return OK
+
+
+def _stacks(args: argparse.Namespace) -> int:
+    """`lab keys --stacks`: what each client key becomes in each zoo stack's library."""
+    from lab.config.stacks import stack_options
+    rows = stack_options()
+    if args.json:
+        print_json(rows)
+        return OK
+    from lab.cli.views import stacks_table
+    say(stacks_table(rows))
     return OK
 
 
@@ -424,6 +439,8 @@ def _add_host(sub: Subparsers) -> None:
                           "default and description (TOML to paste into a scenario)")
     keys.add_argument("--schema", action="store_true",
                       help="a JSON Schema of a scenario file instead, for editors")
+    keys.add_argument("--stacks", action="store_true",
+                      help="what each client.* key becomes in each zoo stack (load.stack)")
     _json_flag(keys, "the keys")
     keys.set_defaults(func=cmd_keys)
 

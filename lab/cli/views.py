@@ -170,3 +170,20 @@ def scenarios_table(shipped: Iterable[Any]) -> Table:
     for s in shipped:
         table.add_row(_cell(s.name), str(s.trials), _cell(s.description))
     return table
+
+
+def stacks_table(rows: Iterable[Mapping[str, Any]]) -> Table:
+    """Each zoo stack's library keys, one section per stack: the option, or why not."""
+    table = Table(title="client.* keys in each zoo stack (load.driver = \"zoo\")")
+    for col in ("stack", "client key", "becomes in the library"):
+        table.add_column(col)
+    for r in rows:
+        connect = r["default_connect_timeout_s"]
+        first = f"{r['stack']}\n{r['language']}, {r['library']}\nconnect timeout unset: " + (
+            f"{connect:g} s" if connect is not None else "none (the SYN retries)")
+        for i, (key, becomes) in enumerate(r["keys"].items()):
+            style = "dim" if str(becomes).startswith("cannot") else ""
+            table.add_row(_cell(first) if i == 0 else "", f"client.{key}", _cell(becomes),
+                          style=style)
+        table.add_section()
+    return table

@@ -102,13 +102,19 @@ def toml_value(value: Any) -> str:
     raise ValueError(f"no TOML literal for {value!r}")
 
 
+def _type(prop: dict[str, Any]) -> str:
+    """JSON Schema's type, an array by its items' ("array of string": load.command)."""
+    kind = prop.get("type", "?")
+    return f"array of {prop.get('items', {}).get('type', '?')}" if kind == "array" else kind
+
+
 def all_keys() -> list[Key]:
     """Every scenario key, in the order of the settings model."""
     out = []
     for prefix, _, props in _sections():
         for name, prop in props.items():
             out.append(Key(
-                key=f"{prefix}.{name}" if prefix else name, type=prop.get("type", "?"),
+                key=f"{prefix}.{name}" if prefix else name, type=_type(prop),
                 unit=prop.get("unit"), range=_range(prop), default=prop.get("default"),
                 description=prop.get("description", ""), choices=prop.get("enum"),
                 pattern=prop.get("pattern")))

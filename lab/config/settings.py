@@ -159,14 +159,13 @@ class LoadSettings(Section):
     """The client's load: which driver, how many connections, busy or idle."""
 
     driver: Literal["oltp", "http", "sysbench", "command", "zoo"] = key(
-        "oltp", "the client: oltp (sysbench-like oltp_read_write, MariaDB), http (keep-alive "
-        "HTTP/1.1, NGINX), sysbench (the sysbench 1.0.20 binary), command (your program, "
-        "load.command, measured from the wire), zoo (a real client library, load.stack)")
+        "oltp", "the client: oltp (sysbench-like), http (keep-alive, NGINX), "
+        "sysbench (1.0.20), command (your program: load.command), zoo (a library)")
     command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None \
-        = key(None, "driver command: the program to run as the client, an argv list; it finds "
-              "the service in LAB_HOST, LAB_PORT, LAB_USER, LAB_PASSWORD, LAB_DATABASE, LAB_URL")
+        = key(None, "driver command: your client, an argv list; it finds the "
+              "service in LAB_HOST, LAB_PORT, LAB_USER, LAB_PASSWORD, LAB_DATABASE, LAB_URL")
     stack: Literal[*STACK_NAMES] | None = key(  # type: ignore[valid-type]
-        None, "driver zoo: the client stack, one of " + ", ".join(STACK_NAMES))
+        None, "driver zoo: the real client library to run ('lab keys --stacks' lists them)")
     threads: Annotated[int, Field(ge=1, le=64)] = key(
         1, "client threads, each with its own long-lived connection")
     tables: Annotated[int, Field(ge=1, le=64)] = key(4, "tables MariaDB is seeded with")

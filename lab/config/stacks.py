@@ -173,3 +173,15 @@ def refused(stack: str, set_keys: dict[str, object]) -> str | None:
             return (f"load.stack={stack!r} takes client.{key} in whole seconds only "
                     f"({facts.options[key]}); write {max(1, round(value))}")
     return None
+
+
+def stack_options() -> list[dict[str, object]]:
+    """One row per stack: each library key's option, or why it cannot ("cannot: ..."), and
+    the library's own connect timeout (`lab keys --stacks`)."""
+    rows: list[dict[str, object]] = []
+    for facts in STACKS.values():
+        keys = {k: facts.options.get(k) or f"cannot: {facts.cannot[k]}" for k in LIBRARY_KEYS}
+        rows.append({"stack": facts.name, "language": facts.language,
+                     "library": facts.library, "default_connect_timeout_s":
+                     facts.connect_timeout_s, "keys": keys})
+    return rows

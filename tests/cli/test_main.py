@@ -191,6 +191,16 @@ def test_keys_json_and_schema() -> None:
     assert set(schema["properties"]) == {"description", "defaults", "trial", "matrix"}
 
 
+def test_keys_stacks_says_what_each_key_becomes_in_each_library() -> None:
+    rows = json.loads(lab("keys", "--stacks", "--json").stdout)
+    java = next(r for r in rows if r["stack"] == "java-connectorj")
+    assert java["keys"]["read_timeout_s"].startswith("socketTimeout")
+    assert java["keys"]["tcp_user_timeout_ms"].startswith("cannot: the JDK")
+    assert java["default_connect_timeout_s"] == 30.0
+    proc = lab("keys", "--stacks")
+    assert proc.returncode == 0 and "go-sql-driver" in proc.stdout, proc
+
+
 def test_scenarios_lists_the_shipped_ones() -> None:
     proc = lab("scenarios")
     assert proc.returncode == 0, proc
