@@ -406,7 +406,8 @@ def _collect_driver_events(result: TrialResult, driver: DriverProcess) -> None:
     if fault_t is None:
         result.verdict = "no fault injected"
         return
-    errors = [e for e in after if e["event"] == "error"]
+    # a program that exits (a command, a zoo stack) has failed too: its exit is an error
+    errors = [e for e in after if e["event"] in ("error", "exited")]
     result.errors = len(errors)
     result.reconnects = sum(1 for e in after if e["event"] == "reconnect")
     if errors:

@@ -21,8 +21,8 @@ def driver_config(
     driver: str, host: str, port: int, target_params: Mapping[str, str],
     client: Mapping[str, Any], load: Mapping[str, Any],
 ) -> DriverConfig:
-    """The config of driver `driver` (oltp, http, sysbench) for the service at host:port;
-    target_params are what the backend says a client needs (credentials, path)."""
+    """The config of driver `driver` (oltp, http, sysbench, command, zoo) for the service at
+    host:port; target_params are what the backend says a client needs (credentials, path)."""
     return DriverConfig(f"lab.load.{driver}", {
         "target": {"host": host, "port": port, **target_params},
         "client": dict(client),

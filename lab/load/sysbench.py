@@ -51,14 +51,11 @@ Not available with sysbench (rejected by the settings): socket options, read/wri
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -68,6 +65,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lab.errors import LabError
+from lab.load.foreign import foreign_sockopts, tcp_sockets
 from lab.load.oltp import OltpConfig
 from lab.load.runtime import (
     FaultMark,
@@ -76,7 +74,6 @@ from lab.load.runtime import (
     emit_locked,
     is_stop,
     parse_config,
-    read_sockopts,
     start_stdin_reader,
 )
 from lab.net import runtime as net_runtime
@@ -93,7 +90,6 @@ STOP_GRACE_S = 1.0
 SIGSEGV_CODES = (-signal.SIGSEGV, 128 + signal.SIGSEGV)
 CRASH_DETAIL = "sysbench crashed (SIGSEGV, akopytov/sysbench#527), restarted"
 LOST_CODES = frozenset({2006, 2011, 2013, 2055})  # the errors sysbench reconnects after
-SYS_PIDFD_GETFD = 438
 FIX_SOURCE = Path(__file__).with_name("sbfix") / "sb_reconnect_fix.c"
 IN_PROCESS_DETAIL = "sysbench reconnected in-process (LD_PRELOAD reconnect fix)"
 
@@ -169,57 +165,6 @@ def build_reconnect_fix(cache_dir: Path | None = None) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return target
-
-
-# --- sysbench's sockets ----------------------------------------------------------------------
-
-
-def _hex_addr(text: str) -> str:
-    """'0100A8C0:0CEA' (/proc/net/tcp, little-endian IPv4) -> '192.168.0.1:3306'."""
-    ip, port = text.split(":")
-    return f"{socket.inet_ntoa(int(ip, 16).to_bytes(4, 'little'))}:{int(port, 16)}"
-
-
-def tcp_sockets(pid: int, peer: str) -> list[tuple[int, str, str]]:
-    """(fd, local, peer) of pid's established TCP sockets to `peer` (host:port)."""
-    inodes: dict[int, int] = {}
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:["):
-                    inodes[int(link[8:-1])] = int(fd)
-    found = []
-    with contextlib.suppress(OSError):
-        for row in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-            cols = row.split()
-            if cols[3] != "01" or int(cols[9]) not in inodes:  # 01 = ESTABLISHED
-                continue
-            local, remote = _hex_addr(cols[1]), _hex_addr(cols[2])
-            if remote == peer:
-                found.append((inodes[int(cols[9])], local, remote))
-    return sorted(found)
-
-
-def foreign_sockopts(pid: int, fd: int) -> dict[str, int]:
-    """The socket options of another process's socket: pidfd_getfd(2) a duplicate, getsockopt.
-
-    {} when the kernel refuses (no pidfd_getfd before Linux 5.6, or no ptrace permission)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return {}
-    try:
-        dup = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
-        if dup < 0:
-            return {}
-        with socket.socket(fileno=dup) as sock:
-            return read_sockopts(sock)
-    except OSError:
-        return {}
-    finally:
-        os.close(pidfd)
 
 
 # --- the driver ------------------------------------------------------------------------------

@@ -23,11 +23,11 @@ from lab.config import scenario
 from lab.config.settings import LoadSettings, TrialSettings
 from lab.experiment.matrix import MatrixRun
 from lab.load.base import CONFIG_ENV, DriverProcess
+from lab.load.foreign import hex_addr
 from lab.load.oltp import OltpConfig, Target
 from lab.load.sysbench import (
     CRASH_DETAIL,
     IN_PROCESS_DETAIL,
-    _hex_addr,
     build_reconnect_fix,
     crashed,
     parse_ignored,
@@ -75,7 +75,7 @@ def test_command_line_and_exit_codes() -> None:
     finally:
         os.close(fd)
     assert crashed(-11) and crashed(139) and not crashed(1) and not crashed(0)
-    assert _hex_addr("0100A8C0:0CEA") == "192.168.0.1:3306"
+    assert hex_addr("0100A8C0:0CEA") == "192.168.0.1:3306"
 
 
 def test_settings_reject_what_sysbench_cannot_do() -> None:

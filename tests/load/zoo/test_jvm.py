@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lab.backends.mariadb import MariaDBServer
-from lab.load.sysbench import foreign_sockopts
+from lab.load.foreign import foreign_sockopts
 from lab.load.zoo import program_env
 from lab.load.zoo.jvm import RUNNERS, JvmRunner
 from lab.model.kernel import rto_abort_time

@@ -21,7 +21,7 @@ import pytest
 
 from lab.backends.mariadb import MariaDBServer
 from lab.errors import LabError
-from lab.load.sysbench import foreign_sockopts, tcp_sockets
+from lab.load.foreign import foreign_sockopts, tcp_sockets
 from lab.load.zoo import native, program_env
 from lab.model.kernel import rto_abort_time, syn_abort_time, user_timeout_abort_time
 from lab.net.process import ChildProcess

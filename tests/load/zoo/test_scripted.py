@@ -4,12 +4,9 @@ blackholed transaction, and how they reconnect. Each measured figure is printed 
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,8 +18,7 @@ import pytest
 from lab.backends.mariadb import MariaDBServer
 from lab.errors import LabError
 from lab.load.command import session_pids
-from lab.load.runtime import read_sockopts
-from lab.load.sysbench import SYS_PIDFD_GETFD
+from lab.load.foreign import foreign_sockopts, tcp_sockets
 from lab.load.zoo import program_env
 from lab.load.zoo.scripted import RUNNERS, PythonRunner
 from lab.model.kernel import rto_abort_time, syn_abort_time, user_timeout_abort_time
@@ -110,24 +106,11 @@ def start(network: Network, mariadb: MariaDBServer,
 def service_sockopts(prog: Program, server: MariaDBServer) -> dict[str, int]:
     """The options of the program's socket to the service (its own or its children's), read
     off a pidfd_getfd duplicate."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    peer = (str(server.address), server.port)
+    peer = f"{server.address}:{server.port}"
     assert prog.proc.pid is not None
     for pid in session_pids({prog.proc.pid}):
-        with contextlib.suppress(OSError):
-            pidfd = os.pidfd_open(pid)
-            try:
-                for fd in os.listdir(f"/proc/{pid}/fd"):
-                    if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                        continue
-                    dup = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(fd), 0)
-                    if dup < 0:
-                        continue
-                    with socket.socket(fileno=dup) as sock, contextlib.suppress(OSError):
-                        if sock.getpeername() == peer:
-                            return read_sockopts(sock)
-            finally:
-                os.close(pidfd)
+        for fd, _, _ in tcp_sockets(pid, peer):
+            return foreign_sockopts(pid, fd)
     raise AssertionError(f"no socket to {peer} in the program's session")
 
 
