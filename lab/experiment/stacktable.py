@@ -43,7 +43,8 @@ def _setting(stack: str, row: Row | None) -> str:
     if row is None:
         return "-"
     value = to_float(row["client.read_timeout_s"])
-    return f"`client.read_timeout_s = {value:g}` ({STACKS[stack].options['read_timeout_s']})"
+    option = STACKS[stack].options["read_timeout_s"].split(" (")[0]
+    return f"`client.read_timeout_s = {value:g}` ({option})"
 
 
 def _reconnect(stack: str, row: Row | None) -> str:

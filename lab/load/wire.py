@@ -787,7 +787,12 @@ ENOENT = 2
 
 class KernelSockets:
     """Exact lookups in this namespace's TCP socket table (sock_diag, one hash lookup per
-    connection: a dump, or /proc/net/tcp, walks the whole established hash, ~1-4 ms here)."""
+    connection: a dump, or /proc/net/tcp, walks the whole established hash, ~1-4 ms here).
+
+    The request is packed by hand rather than with pyroute2's DiagSocket: the same exact
+    lookup through DiagSocket.nlm_request (inet_diag_req, NLM_F_REQUEST) took 182 µs a call
+    against 5.5 µs here (2000 lookups of a live socket, 2026-12-04), and the observer makes one
+    per tracked connection every 10 ms."""
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)

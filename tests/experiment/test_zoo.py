@@ -1,10 +1,11 @@
-"""The whole client zoo through the blackhole, side by side, against the model (issue 14).
+"""Real client stacks through the blackhole, side by side, against the model (issue 14).
 
 One matrix run of scenarios/client-zoo.toml: every stack (Java + Connector/J, HikariCP, Go,
 Node, PHP, C, Python mysqlclient and PyMySQL, each a real program measured from the wire) with
 its defaults, with its read timeout, and reconnecting while the new backend is not there yet.
 Each trial's measured outage is within the model's tolerance of its prediction, and the first
-error is the one the library reports for what ended it.
+error is recorded. And one run of scenarios/your-client.toml: an uninstrumented program (the
+mariadb CLI in a shell loop) as load.driver "command", measured from the wire alone.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lab.model import tolerance
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = scenario.load(ROOT / "scenarios" / "client-zoo.toml")
+COMMAND = scenario.load(ROOT / "scenarios" / "your-client.toml")
 # JVMs, Go, Node, PHP and MariaDB servers share 2 vCPUs: as for the mitigations matrix, more
 # at once stretches the RTO the model assumes
 PARALLEL = 4
@@ -54,12 +56,8 @@ def test_every_stack_with_defaults_and_its_fix() -> None:
         assert any(t.fault.failover_after_s > 0 for t in mine), stack
 
 
-@pytest.mark.root
-@pytest.mark.parametrize("name", [t.name for t in SCENARIO.trials])
-def test_measured_outage_matches_the_model(
-    matrix: tuple[Path, dict[str, dict]], name: str
-) -> None:
-    run_dir, rows = matrix
+def check_against_the_model(run_dir: Path, rows: dict[str, dict], name: str) -> None:
+    """The trial ran, recovered within the model's tolerance and recorded its first error."""
     assert name in rows, f"trial {name} failed: {(run_dir / name / 'error.txt').read_text()}"
     row = rows[name]
     assert row["measured_outage_s"] != "", f"{name}: not recovered; model said " \
@@ -70,6 +68,32 @@ def test_measured_outage_matches_the_model(
     assert row["verdict"].startswith("ok"), row["verdict"]
     first = next((e for e in events(run_dir / name) if e["event"] == "first_error"), None)
     assert first is not None, f"{name}: no error recorded"
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("name", [t.name for t in SCENARIO.trials])
+def test_measured_outage_matches_the_model(
+    matrix: tuple[Path, dict[str, dict]], name: str
+) -> None:
+    check_against_the_model(*matrix, name)
+
+
+@pytest.fixture(scope="module")
+def command_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+    run_dir = tmp_path_factory.mktemp("command")
+    rows = MatrixRun(COMMAND, run_dir, parallel=2).run()
+    return run_dir, {r["trial"]: r for r in rows}
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("name", [t.name for t in COMMAND.trials])
+def test_an_uninstrumented_program_is_measured_from_the_wire(
+    command_run: tuple[Path, dict[str, dict]], name: str
+) -> None:
+    check_against_the_model(*command_run, name)
+    run_dir, _ = command_run
+    seen = [e["detail"] for e in events(run_dir / name) if e["event"] == "recovered"]
+    assert seen and "seen on the wire" in seen[0], seen
 
 
 @pytest.mark.root
