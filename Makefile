@@ -34,7 +34,7 @@ apt:
 $(VENV)/.stamp-install: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip >/dev/null
-	@$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -m pip install -q -e '.[dev,zoo]'  # zoo: mysqlclient, built on libmariadb-dev (apt)
 	@touch $@
 
 venv: $(VENV)/.stamp-install

@@ -73,6 +73,13 @@ _HIKARI_OPTIONS = {
     "read_timeout_s": "socketTimeout (ms, a data source property)",
 }
 _SOCKET_AFTER_CONNECT = "setsockopt on the connection's socket after connect"
+# the socket keys of a library that hands out its socket (set after connect, by the program)
+_SOCKET_OPTIONS = {
+    key: f"{option}, {_SOCKET_AFTER_CONNECT}" for key, option in (
+        ("tcp_user_timeout_ms", "TCP_USER_TIMEOUT"), ("so_keepalive", "SO_KEEPALIVE"),
+        ("tcp_keepidle", "TCP_KEEPIDLE"), ("tcp_keepintvl", "TCP_KEEPINTVL"),
+        ("tcp_keepcnt", "TCP_KEEPCNT"))
+}
 # libmariadb's MYSQL_OPT_*_TIMEOUT are unsigned ints of seconds (and exact: not tripled as in
 # MySQL's libmysqlclient; measured 2.01 s for 2)
 _LIBMARIADB_TIMEOUTS = ("connect_timeout_s", "read_timeout_s", "write_timeout_s")
@@ -130,33 +137,21 @@ STACKS: dict[str, StackFacts] = {s.name: s for s in (
             "connect_timeout_s": "MYSQL_OPT_CONNECT_TIMEOUT (s)",
             "read_timeout_s": "MYSQL_OPT_READ_TIMEOUT (s)",
             "write_timeout_s": "MYSQL_OPT_WRITE_TIMEOUT (s)",
-            "tcp_user_timeout_ms": f"TCP_USER_TIMEOUT, {_SOCKET_AFTER_CONNECT}",
-            "so_keepalive": f"SO_KEEPALIVE, {_SOCKET_AFTER_CONNECT}",
-            "tcp_keepidle": f"TCP_KEEPIDLE, {_SOCKET_AFTER_CONNECT}",
-            "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
-            "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
+            **_SOCKET_OPTIONS,
         }, connect_timeout_s=None, whole_seconds=_LIBMARIADB_TIMEOUTS),
     StackFacts(
         "python-mysqlclient", "Python", "mysqlclient (libmariadb)", {
             "connect_timeout_s": "connect_timeout (s)",
             "read_timeout_s": "read_timeout (s)",
             "write_timeout_s": "write_timeout (s)",
-            "tcp_user_timeout_ms": f"TCP_USER_TIMEOUT, {_SOCKET_AFTER_CONNECT}",
-            "so_keepalive": f"SO_KEEPALIVE, {_SOCKET_AFTER_CONNECT}",
-            "tcp_keepidle": f"TCP_KEEPIDLE, {_SOCKET_AFTER_CONNECT}",
-            "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
-            "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
+            **_SOCKET_OPTIONS,
         }, connect_timeout_s=None, whole_seconds=_LIBMARIADB_TIMEOUTS),
     StackFacts(
         "python-pymysql", "Python", "PyMySQL", {
             "connect_timeout_s": "connect_timeout (s)",
             "read_timeout_s": "read_timeout (s)",
             "write_timeout_s": "write_timeout (s)",
-            "tcp_user_timeout_ms": f"TCP_USER_TIMEOUT, {_SOCKET_AFTER_CONNECT}",
-            "so_keepalive": f"SO_KEEPALIVE, {_SOCKET_AFTER_CONNECT}",
-            "tcp_keepidle": f"TCP_KEEPIDLE, {_SOCKET_AFTER_CONNECT}",
-            "tcp_keepintvl": f"TCP_KEEPINTVL, {_SOCKET_AFTER_CONNECT}",
-            "tcp_keepcnt": f"TCP_KEEPCNT, {_SOCKET_AFTER_CONNECT}",
+            **_SOCKET_OPTIONS,
         }, connect_timeout_s=10.0),
 )}
 STACK_NAMES = tuple(STACKS)

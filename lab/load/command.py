@@ -70,13 +70,13 @@ from lab.load.runtime import (
     is_stop,
     p95,
     parse_config,
+    sample_due,
     start_stdin_reader,
 )
 from lab.load.wire import Capture, KernelSockets, Observer, WireEvent
 
 STOP_GRACE_S = 2.0  # SIGTERM -> SIGKILL of the program's process group
 POLL_S = 0.01  # the kernel socket table is read this often (a silent drop's resolution)
-SAMPLE_GRACE_S = 0.005
 LINE_RE = re.compile(r"^(\d{10,16}) (OK|ERR|CONNECTED|VERSION)(?: (.*))?$")
 
 
@@ -491,14 +491,11 @@ class ProgramsDriver:
         for copy in self.copies:
             self._start(copy)
         while True:
-            timeout = None
-            if self.clock.t0 is not None:
-                boundary = self.clock.t0 + self.next_index + 1
-                timeout = boundary + SAMPLE_GRACE_S - time.monotonic()
-                if timeout <= 0:
-                    self._print_sample(self.next_index, boundary, 1.0)
-                    self.next_index += 1
-                    continue
+            boundary, timeout = sample_due(self.clock.t0, self.next_index)
+            if timeout is not None and timeout <= 0:
+                self._print_sample(self.next_index, boundary, 1.0)
+                self.next_index += 1
+                continue
             try:
                 kind, value = self.q.get(timeout=timeout)
             except queue.Empty:

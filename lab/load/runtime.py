@@ -447,6 +447,15 @@ class Worker(threading.Thread, Generic[ConnT]):
 # --- main thread: stdin, samples -------------------------------------------------------------
 
 
+def sample_due(t0: float | None, index: int) -> tuple[float, float | None]:
+    """(the end of sample `index`, seconds until it is due, <= 0: now; None before the clock
+    starts): a driver's main loop waits for a command at most that long."""
+    if t0 is None:
+        return 0.0, None
+    boundary = t0 + index + 1
+    return boundary, boundary + SAMPLE_GRACE_S - time.monotonic()
+
+
 class Driver:
     """The main thread: start the workers, say `ready` once each had a good transaction,
     print a sample per second, follow the trial's commands, and exit on `stop`."""
@@ -521,12 +530,9 @@ class Driver:
         emit_locked({"kind": "ready", "t": self.clock.t0})
 
     def _sample_forever(self) -> NoReturn:
-        t0 = self.clock.t0
-        assert t0 is not None
         while True:
-            boundary = t0 + self.next_index + 1
-            timeout = boundary + SAMPLE_GRACE_S - time.monotonic()
-            if timeout <= 0:
+            boundary, timeout = sample_due(self.clock.t0, self.next_index)
+            if timeout is not None and timeout <= 0:
                 self._print_sample(self.sample(self.next_index, boundary, 1.0))
                 self.next_index += 1
                 continue
