@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 
 from lab import lb
@@ -62,12 +63,21 @@ def _docker() -> None:
 
 
 def _stack(name: str) -> Check:
-    """A zoo stack's runtime and library are installed (it is built on first use)."""
+    """A zoo stack's runtime and library are installed, and its program is built (once,
+    into the cache): a build inside a trial would eat into the driver's ready timeout."""
     def check() -> None:
-        from lab.load.zoo import runners
-        missing = runners()[name].missing()
+        from lab.load.zoo import cache_dir, runners
+        runner = runners()[name]
+        missing = runner.missing()
         if missing:
             raise LabError(f"load.stack={name!r}: {missing[0]}", missing[1])
+        try:
+            runner.argv(cache_dir())
+        except LabError:
+            raise
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise LabError(f"load.stack={name!r}: building its program failed: {exc}",
+                           "see 'lab doctor', or run 'make setup'") from None
     return check
 
 

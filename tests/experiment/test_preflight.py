@@ -95,3 +95,31 @@ def test_docker_provider_without_the_docker_module_is_one_pip_line() -> None:
         "trial 'boxed': provider 'docker' needs the docker Python module, which is not "
         "installed -- pip install 'blackhole-lab[docker]'\n")
     assert namespaces() == before
+
+
+def test_a_command_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    needs = dict(preflight.needs(trial(load={"driver": "command",
+                                             "command": [str(tmp_path / "my-client")]})))
+    with pytest.raises(LabError) as exc:
+        needs[f"command {tmp_path / 'my-client'}"]()
+    assert "is not an executable file" in exc.value.problem
+    assert "full path" in exc.value.fix
+    needs = dict(preflight.needs(trial(load={"driver": "command", "command": ["sh", "-c", ":"]})))
+    needs["command sh"]()  # on PATH: fine
+
+
+def test_a_zoo_stack_is_built_before_the_run(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check builds the stack's program into the cache (C: the quickest), so no trial
+    builds it inside its ready timeout; a second check is a cache hit."""
+    from lab.load.zoo import cache_dir, runners
+    monkeypatch.setattr("lab.net.runtime.CACHE_DIR", tmp_path)
+    runner = runners()["c-libmariadb"]
+    if runner.missing():
+        pytest.skip(f"c-libmariadb not installed: {runner.missing()}")
+    check = dict(preflight.needs(trial(load={"driver": "zoo", "stack": "c-libmariadb"})))
+    check["stack c-libmariadb"]()
+    built = list(cache_dir().iterdir())
+    assert built and all(p.is_relative_to(tmp_path) for p in built)
+    check["stack c-libmariadb"]()
+    assert list(cache_dir().iterdir()) == built

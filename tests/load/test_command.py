@@ -21,7 +21,6 @@ import pytest
 from lab.backends.mariadb import MariaDBServer
 from lab.backends.nginx import NginxServer
 from lab.config.settings import ClientSettings, LoadSettings
-from lab.config.stacks import STACK_NAMES
 from lab.load import driver_config
 from lab.load.base import DriverProcess
 from lab.load.command import CommandConfig, Monitor, lab_env
@@ -30,8 +29,6 @@ from lab.load.wire import Observer, WireEvent
 from lab.net.topology import Network
 from lab.workload.sbtest import USER
 from tests.load.conftest import blackhole
-
-FAKE_STACK = "python-pymysql" if "python-pymysql" in STACK_NAMES else STACK_NAMES[0]
 
 # an application's loop of transactions that reconnects on any error, and prints nothing
 SILENT_CLIENT = textwrap.dedent("""
@@ -61,42 +58,6 @@ SILENT_CLIENT = textwrap.dedent("""
             time.sleep(0.005)
 """)
 
-# the same loop, following lab/load/zoo/README.md's output contract
-ZOO_CLIENT = textwrap.dedent("""
-    import os, random, time, pymysql
-    def ms():
-        return int(time.time() * 1000)
-    print(ms(), "VERSION PyMySQL", pymysql.__version__, flush=True)
-    print("a line that is not the contract", flush=True)
-    conn = None
-    while True:
-        try:
-            if conn is None:
-                conn = pymysql.connect(
-                    host=os.environ["LAB_HOST"], port=int(os.environ["LAB_PORT"]),
-                    user=os.environ["LAB_USER"], password=os.environ["LAB_PASSWORD"],
-                    database=os.environ["LAB_DATABASE"], connect_timeout=1, autocommit=True,
-                    read_timeout=2)
-                print(ms(), "CONNECTED", flush=True)
-            with conn.cursor() as cur:
-                i = random.randint(1, 1000)
-                cur.execute("BEGIN")
-                cur.execute("SELECT c FROM sbtest1 WHERE id=%s", (i,))
-                cur.fetchall()
-                cur.execute("UPDATE sbtest1 SET k=k+1 WHERE id=%s", (i,))
-                cur.execute("COMMIT")
-            print(ms(), "OK", flush=True)
-            time.sleep(0.005)
-        except pymysql.err.Error as exc:
-            print(ms(), "ERR", exc, flush=True)
-            try:
-                conn.close()
-            except Exception:
-                pass
-            conn = None
-            time.sleep(0.005)
-""")
-
 # a client that gives up by itself after a while
 QUITTER = SILENT_CLIENT.replace("        time.sleep(0.005)\n    except",
                                 "        time.sleep(0.005)\n"
@@ -110,26 +71,6 @@ CLI_LOOP = ('export MYSQL_PWD="$LAB_PASSWORD"; while :; do mariadb --skip-ssl '
             '--connect-timeout=1 -h "$LAB_HOST" -P "$LAB_PORT" -u "$LAB_USER" "$LAB_DATABASE" '
             '-e "SELECT c FROM sbtest1 WHERE id=1; UPDATE sbtest1 SET k=k+1 WHERE id=2" '
             '>/dev/null; sleep 0.01; done')
-
-
-class FakeRunner:
-    """A zoo Runner whose program is ZOO_CLIENT (the real runners are other modules')."""
-
-    name = FAKE_STACK
-
-    def missing(self) -> tuple[str, str] | None:
-        return None
-
-    def version(self) -> str | None:
-        return "fake"
-
-    def argv(self, cache_dir: Path) -> list[str]:
-        return [sys.executable, "-c", ZOO_CLIENT]
-
-
-def fake_zoo_main() -> None:
-    from lab.load.zoo.__main__ import main
-    main(sys.argv, find=lambda: {FAKE_STACK: FakeRunner()})
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -402,12 +343,15 @@ def test_wire_recovery_agrees_with_the_http_driver(
 
 
 @pytest.mark.root
-def test_zoo_driver_runs_copies_of_a_program_with_its_output_contract(
+def test_zoo_driver_runs_copies_of_a_stack_with_its_output_contract(
     mariadb_client: Network, mariadb: MariaDBServer, tmp_path: Path
 ) -> None:
-    load = LoadSettings(driver="zoo", stack=FAKE_STACK, threads=2)
+    """`python -m lab.load.zoo`: load.threads copies of a real stack's program (PyMySQL's),
+    its OK/ERR/VERSION lines read beside the wire."""
+    load = LoadSettings(driver="zoo", stack="python-pymysql", threads=2)
     cfg = config(str(mariadb.address), mariadb.port, mariadb.client_params(), "mysql", load)
-    driver = start(mariadb_client, cfg, tmp_path / "zoo.log", "tests.load.test_command")
+    cfg["client"]["read_timeout_s"] = 2.0
+    driver = start(mariadb_client, cfg, tmp_path / "zoo.log", "lab.load.zoo")
     try:
         time.sleep(2.2)
         s = driver.output.samples[-1]
@@ -415,14 +359,13 @@ def test_zoo_driver_runs_copies_of_a_program_with_its_output_contract(
         # tps from the OK lines (one per transaction), qps from the wire (4 per transaction)
         assert s["qps"] == pytest.approx(4 * s["tps"], rel=0.15)
         assert sorted(e["thread"] for e in events(driver, "connected")) == [0, 1]
-        assert len(events(driver, "version")) == 2
+        versions = events(driver, "version")
+        assert len(versions) == 2 and "PyMySQL" in versions[0]["detail"]
         t = blackhole_trial(driver, mariadb_client, hold=3.0)
         errors = events(driver, "error", t["fault"])
         assert any("the program's ERR line" in e["detail"] for e in errors)
     finally:
         assert driver.stop() == 0
-    log = (tmp_path / "zoo.log").read_text()
-    assert "[program 0] a line that is not the contract" in log
 
 
 @pytest.mark.root
@@ -442,7 +385,3 @@ def test_a_program_that_exits_is_the_result(
         assert last["qps"] == 0 and last["threads"] == 0
     finally:
         assert driver.stop() == 0
-
-
-if __name__ == "__main__":
-    fake_zoo_main()

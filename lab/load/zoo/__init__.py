@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lab.config.stacks import STACK_NAMES, STACKS
+from lab.net import runtime as net_runtime
 
 PAUSE_MS = 10  # between two transactions: a 10 ms recovery resolution at ~1/10 of a core
 RECONNECT_PAUSE_MS = 5  # after an error, before the next connect attempt (as lab.load.oltp)
@@ -46,6 +47,11 @@ def runners() -> dict[str, Runner]:
     found: dict[str, Runner] = {**jvm.RUNNERS, **native.RUNNERS, **scripted.RUNNERS}
     assert sorted(found) == sorted(STACK_NAMES), sorted(found)
     return {name: found[name] for name in STACK_NAMES}  # in lab.config.stacks' order
+
+
+def cache_dir() -> Path:
+    """Where the stacks' programs are built (read at call time, so a test can move it)."""
+    return net_runtime.CACHE_DIR / "zoo"
 
 
 def _ms(seconds: float) -> str:

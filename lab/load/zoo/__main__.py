@@ -12,13 +12,11 @@ driver (lab.load.command.run_programs): one wire observer for all copies.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 from lab.load.command import CommandConfig, Copy, run_programs
 from lab.load.runtime import parse_config
-from lab.load.zoo import Runner, program_env, runners
-from lab.net import runtime as net_runtime
+from lab.load.zoo import Runner, cache_dir, program_env, runners
 
 MODULE = "lab.load.zoo"
 
@@ -28,18 +26,16 @@ def copies(cfg: CommandConfig, runner: Runner) -> list[Copy]:
     environment per copy."""
     stack = cfg.load.stack
     assert stack is not None  # the settings tie load.stack to this driver
-    argv = runner.argv(net_runtime.CACHE_DIR / "zoo")
+    argv = runner.argv(cache_dir())  # built by the run's preflight already: a cache hit
     target = cfg.target.model_dump()
     client, load = cfg.client.model_dump(), cfg.load.model_dump()
     return [Copy(i, argv, program_env(stack, target, client, load, i))
             for i in range(cfg.load.threads)]
 
 
-def main(argv: list[str],
-         find: Callable[[], Mapping[str, Runner]] = runners) -> NoReturn:
-    """`find` gives the runners by stack (a test passes its own)."""
+def main(argv: list[str]) -> NoReturn:
     cfg = parse_config(argv, CommandConfig, MODULE)
-    runner = find().get(cfg.load.stack or "")
+    runner = runners().get(cfg.load.stack or "")
     if runner is None:
         sys.stderr.write(f"{MODULE}: no runner for load.stack={cfg.load.stack!r}\n")
         sys.exit(2)
