@@ -1,13 +1,17 @@
-"""Fixtures of the load tests: a real MariaDB on the `db` host, and a blackhole towards it."""
+"""Fixtures of the load tests: a real MariaDB on the `db` host, a blackhole towards it, and
+reading a driver's events as they arrive."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from lab.backends.mariadb import MariaDBServer
+from lab.load.base import DriverProcess
 from lab.net.topology import Host, Network
 
 # every packet the db host receives is dropped: the server vanishes without a RST
@@ -37,3 +41,20 @@ def blackhole(host: Host) -> Iterator[None]:
         yield
     finally:
         host.run(["nft", "delete", "table", "inet", "lab_test_blackhole"])
+
+
+def wait_for(driver: DriverProcess, pred: Callable[[dict[str, Any]], bool],
+             timeout: float) -> dict[str, Any]:
+    """The first event of `driver` that `pred` accepts, waiting up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ev in list(driver.output.events):
+            if pred(ev):
+                return ev
+        time.sleep(0.01)
+    raise AssertionError(f"no matching event in {timeout}s; events: {driver.output.events}")
+
+
+def events(driver: DriverProcess, name: str, after: float = 0.0) -> list[dict[str, Any]]:
+    """The driver's `name` events so far, from `after` on."""
+    return [e for e in driver.output.events if e["event"] == name and e["t"] >= after]

@@ -28,7 +28,7 @@ from lab.load.runtime import Clock, FaultMark
 from lab.load.wire import Observer, WireEvent
 from lab.net.topology import Network
 from lab.workload.sbtest import USER
-from tests.load.conftest import blackhole
+from tests.load.conftest import blackhole, events, wait_for
 
 # an application's loop of transactions that reconnects on any error, and prints nothing
 SILENT_CLIENT = textwrap.dedent("""
@@ -96,21 +96,6 @@ def command(network: Network, server: MariaDBServer, tmp_path: Path, argv: list[
     cfg = config(str(server.address), server.port, server.client_params(), "mysql",
                  LoadSettings(driver="command", command=argv))
     return start(network, cfg, tmp_path / f"{name}.log", wait=wait)
-
-
-def wait_for(driver: DriverProcess, pred: Callable[[dict[str, Any]], bool],
-             timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for ev in list(driver.output.events):
-            if pred(ev):
-                return ev
-        time.sleep(0.01)
-    raise AssertionError(f"no matching event in {timeout}s; events: {driver.output.events}")
-
-
-def events(driver: DriverProcess, name: str, after: float = 0.0) -> list[dict[str, Any]]:
-    return [e for e in driver.output.events if e["event"] == name and e["t"] >= after]
 
 
 def recovered_after(fault_t: float) -> Callable[[dict[str, Any]], bool]:

@@ -20,6 +20,7 @@ from lab.load import driver_config
 from lab.load.base import CALLBACK_DRAIN_S, DriverProcess
 from lab.load.http import HttpConfig
 from lab.net.topology import Network
+from tests.load.conftest import events, wait_for
 
 SYSBENCH_LINE = re.compile(
     r"^\[ (\d+)s \] thds: (\d+) tps: ([\d.]+) qps: ([\d.]+) \(r/w/o: ([\d.]+)/([\d.]+)/([\d.]+)\)"
@@ -59,21 +60,6 @@ def start_driver(network: Network, server: NginxServer, tmp_path: Path, client: 
                            tmp_path / "driver.log", on_record=on_record)
     driver.wait_ready(15)
     return driver
-
-
-def wait_for(driver: DriverProcess, pred: Callable[[dict[str, Any]], bool],
-             timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for ev in list(driver.output.events):
-            if pred(ev):
-                return ev
-        time.sleep(0.01)
-    raise AssertionError(f"no matching event in {timeout}s; events: {driver.output.events}")
-
-
-def events(driver: DriverProcess, name: str) -> list[dict[str, Any]]:
-    return [e for e in driver.output.events if e["event"] == name]
 
 
 @pytest.mark.root

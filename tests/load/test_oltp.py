@@ -7,9 +7,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +19,7 @@ from lab.load.oltp import QUERIES_PER_TXN, OltpConfig, statements
 from lab.net.topology import Network
 from lab.workload.sbtest import SysbenchRandom
 from tests.backends.access import argv_holding, as_nobody
+from tests.load.conftest import events, wait_for
 
 SYSBENCH_LINE = re.compile(
     r"^\[ (\d+)s \] thds: (\d+) tps: ([\d.]+) qps: ([\d.]+) \(r/w/o: ([\d.]+)/([\d.]+)/([\d.]+)\)"
@@ -28,14 +27,8 @@ SYSBENCH_LINE = re.compile(
 
 
 @pytest.fixture
-def server(network: Network) -> Iterator[MariaDBServer]:
-    db = network["db"]
-    s = MariaDBServer(db, db.address_towards("client"))
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+def server(mariadb: MariaDBServer) -> MariaDBServer:
+    return mariadb  # tests/load/conftest.py's
 
 
 def start_driver(network: Network, server: MariaDBServer, tmp_path: Path,
@@ -46,21 +39,6 @@ def start_driver(network: Network, server: MariaDBServer, tmp_path: Path,
                            tmp_path / "driver.log")
     driver.wait_ready(15)
     return driver
-
-
-def wait_for(driver: DriverProcess, pred: Callable[[dict[str, Any]], bool],
-             timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for ev in list(driver.output.events):
-            if pred(ev):
-                return ev
-        time.sleep(0.01)
-    raise AssertionError(f"no matching event in {timeout}s; events: {driver.output.events}")
-
-
-def events(driver: DriverProcess, name: str) -> list[dict[str, Any]]:
-    return [e for e in driver.output.events if e["event"] == name]
 
 
 DROP_TO_DB = """table inet lab_blackhole {

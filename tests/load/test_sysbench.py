@@ -12,7 +12,6 @@ import csv
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +99,8 @@ def test_reconnect_fix_builds_once(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def server(network: Network) -> Iterator[MariaDBServer]:
-    db = network["db"]
-    s = MariaDBServer(db, db.address_towards("client"))
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+def server(mariadb: MariaDBServer) -> MariaDBServer:
+    return mariadb  # tests/load/conftest.py's
 
 
 def lose_the_connection(network: Network, server: MariaDBServer, tmp_path: Path,
