@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 LAB := $(VENV)/bin/lab
-APT_PACKAGES := mariadb-server mariadb-client nftables tcpdump iproute2 conntrack procps sysbench nginx-light haproxy gcc libc6-dev docker.io debootstrap \
+APT_PACKAGES := mariadb-server mariadb-client nftables python3-nftables tcpdump iproute2 conntrack procps sysbench nginx-light haproxy gcc libc6-dev docker.io debootstrap \
   qemu-system-x86 e2fsprogs vagrant chromium-headless-shell $(ZOO_APT_PACKAGES)
 # the client zoo (load.driver "zoo"): each stack's runtime and library, from Debian; the
 # Python ones come with the venv (extra "zoo"), mysql2 from npm into .zoo/node (below)
@@ -37,7 +37,12 @@ $(VENV)/.stamp-install: pyproject.toml
 	@$(PY) -m pip install -q -e '.[dev,zoo]'  # zoo: mysqlclient, built on libmariadb-dev (apt)
 	@touch $@
 
+# libnftables' Python binding is Debian's python3-nftables (the nftables project's own; not on
+# PyPI): the venv gets a link to that one module, not all of Debian's dist-packages
+NFT_BINDING := /usr/lib/python3/dist-packages/nftables
 venv: $(VENV)/.stamp-install
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	  [ -e "$$site/nftables" ] || ln -sfn $(NFT_BINDING) "$$site/nftables"
 
 # mysql2 for the zoo's node-mysql2 stack, pinned by the committed lock file; nothing is
 # fetched at run time

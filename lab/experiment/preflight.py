@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from lab import lb
 from lab.config.settings import TrialSettings
 from lab.errors import LabError
+from lab.net import netfilter
 from lab.net.capabilities import netem_available
 from lab.net.process import require_binary
 
@@ -81,6 +82,10 @@ def _stack(name: str) -> Check:
     return check
 
 
+def _nft_binding() -> None:
+    netfilter.binding()  # LabError naming the missing module and the fix
+
+
 def _command(program: str) -> Check:
     """load.command's program exists and can be run (the namespace shares this filesystem)."""
     def check() -> None:
@@ -95,7 +100,8 @@ def _command(program: str) -> Check:
 def needs(trial: TrialSettings) -> Iterator[tuple[str, Check]]:
     """(key, check) for everything `trial` needs; equal keys are one check."""
     yield "ip", _binary("ip", "iproute2")
-    yield "nft", _binary("nft", "nftables")  # the nft engine and every link fault
+    yield "nft", _binary("nft", "nftables")  # to list the rules by hand (README)
+    yield "libnftables", _nft_binding  # the nft engine and every link fault, in-process
     yield f"engine {trial.lb.engine}", _engine(trial.lb.engine)
     if trial.provider == "docker":
         yield "docker", _docker

@@ -77,6 +77,7 @@ def trial_record(result: TrialResult) -> dict[str, Any]:
         "engine": result.engine,
         "engine_why": result.engine_why,
         "fault_t_s": _r(None if result.fault_t is None else result.fault_t - result.t0),
+        "fault_apply_ms": result.fault_apply_ms,
         "fault_detail": result.fault_detail or next(
             (d for _, e, d in result.events if e == "fault"), ""),
         "prediction": {"outage_s": p.outage_s, "mechanism": p.mechanism,
@@ -111,6 +112,8 @@ def summary_row(result: TrialResult) -> dict[str, Any]:
         "recover_s": _r(result.recover_s),
         "errors": result.errors,
         "reconnects": result.reconnects,
+        # how long the fault took to be in place: a slow one shifts the measured outage
+        "fault_apply_ms": "" if result.fault_apply_ms is None else result.fault_apply_ms,
     })
     for column, fact in EVIDENCE_COLUMNS.items():
         value = result.evidence.get(fact)

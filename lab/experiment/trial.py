@@ -68,6 +68,7 @@ class TrialResult:
     prediction: model.Prediction
     t0: float
     fault_t: float | None = None
+    fault_apply_ms: float | None = None  # from the fault's start until it is fully in place
     fault_detail: str = ""
     detect_s: float | None = None
     recover_s: float | None = None
@@ -172,7 +173,9 @@ def _build(trial: _Trial, teardown: contextlib.ExitStack) -> _Parts:
     evidence = _start_evidence(trial, net, vip, teardown) if settings.capture else None
     status.phase = "warming up"
     driver = _start_driver(trial, net, vip, backends[0], teardown)
-    return _Parts(backends, balancer, servers, driver, evidence)
+    parts = _Parts(backends, balancer, servers, driver, evidence)
+    faults.prepare(settings.fault, parts.fault_target())
+    return parts
 
 
 def _build_network(trial: _Trial, teardown: contextlib.ExitStack
@@ -295,12 +298,14 @@ def _inject(trial: _Trial, parts: _Parts) -> Pending:
     through while nft was applying the rules is not "recovery"."""
     settings, result, status = trial.settings, trial.result, trial.status
     status.phase = "fault"
-    result.fault_t = time.monotonic()
-    detail, followups = faults.inject(settings.fault, parts.fault_target())
-    applied = time.monotonic()
+    with faults.urgent():
+        result.fault_t = time.monotonic()
+        detail, followups = faults.inject(settings.fault, parts.fault_target())
+        applied = time.monotonic()
     parts.driver.mark_fault(applied)
+    result.fault_apply_ms = round(1000 * (applied - result.fault_t), 3)
     result.event("fault", f"{settings.fault.kind}: {detail}", result.fault_t)
-    result.event("fault_applied", f"took {1000 * (applied - result.fault_t):.1f} ms", applied)
+    result.event("fault_applied", f"took {result.fault_apply_ms:.3f} ms", applied)
     status.fault_t = result.fault_t
     status.phase = "outage"
     if settings.load.shape == "idle":
@@ -313,8 +318,11 @@ def _run_due(result: TrialResult, pending: Pending, now: float) -> None:
     """Run (and drop) the follow-ups due by now."""
     for item in [p for p in pending if p[0] <= now]:
         pending.remove(item)
-        item[1].action()
-        result.event(item[1].event, item[1].detail)
+        with faults.urgent():
+            started = time.monotonic()
+            item[1].action()
+            took_ms = 1000 * (time.monotonic() - started)
+        result.event(item[1].event, f"{item[1].detail} (took {took_ms:.3f} ms)", started)
 
 
 def _recovered_t(driver: DriverProcess, fault_t: float) -> float | None:

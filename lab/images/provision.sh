@@ -8,7 +8,7 @@
 # Idempotent: apt and pip install only what is missing.
 set -eu
 
-PACKAGES="linux-image-amd64 kmod udev ipvsadm iproute2 nftables conntrack tcpdump procps
+PACKAGES="linux-image-amd64 kmod udev ipvsadm iproute2 nftables python3-nftables conntrack tcpdump procps
   mariadb-server mariadb-client nginx-light python3 python3-venv ca-certificates make"
 VENV=/opt/blackhole-lab/venv
 
@@ -29,6 +29,9 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# libnftables' Python binding is Debian's (not on PyPI): link that one module into the venv
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ -e "$site/nftables" ] || ln -sfn /usr/lib/python3/dist-packages/nftables "$site/nftables"
 if [ -n "${BHL_REQUIREMENTS:-}" ]; then
   # the VM image: the host's wheels, no network
   "$VENV/bin/pip" install -q --no-index --find-links "$BHL_WHEELHOUSE" -r "$BHL_REQUIREMENTS"

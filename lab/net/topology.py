@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute, netns
 
 from lab.errors import LabError
+from lab.net.netfilter import NftContext
 from lab.net.process import ChildProcess
 from lab.net.runtime import Run
 
@@ -126,6 +127,8 @@ class Host:
         self.workdir = workdir
         self.run_id = run_id  # the run that owns it (labels of what is made for it)
         self.addresses: dict[str, ipaddress.IPv4Interface] = {}  # peer host -> our address
+        self._nft: NftContext | None = None
+        self._nft_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Host({self.name!r}, ns={self.ns!r})"
@@ -161,6 +164,26 @@ class Host:
             )
         return proc
 
+    def nft(self, script: str) -> str:
+        """Apply an nft script in this namespace as one transaction, in-process (no `nft`
+        process: lab.net.netfilter says why); the context is opened on first use."""
+        return self.nft_context().apply(script, self.name)
+
+    def nft_context(self) -> NftContext:
+        """The namespace's libnftables context, opened now if it is not yet: a fault opens
+        it ahead (experiment.faults.prepare), so that opening is not part of the fault."""
+        with self._nft_lock:
+            if self._nft is None:
+                self._nft = NftContext(self.ns, in_netns)
+            return self._nft
+
+    def close(self) -> None:
+        """Drop what this object holds open in the namespace (before it is removed)."""
+        with self._nft_lock:
+            if self._nft is not None:
+                self._nft.close()
+                self._nft = None
+
     def sysctl_get(self, name: str) -> str:
         return in_netns(self.ns, lambda: _sysctl_path(name).read_text().strip())
 
@@ -191,26 +214,26 @@ class Host:
         """This host vanishes from its link to `peer` without a word: every packet in or out
         of the device is dropped at netdev ingress/egress, so its kernel never sends a RST."""
         ifname = f"to-{peer}"
-        self.run(["nft", "-f", "-"], input=(
+        self.nft(
             f"table netdev {CUT_LINK_TABLE} {{\n"
             f'  chain i {{ type filter hook ingress device "{ifname}" priority -500; '
             "policy drop; }\n"
             f'  chain e {{ type filter hook egress device "{ifname}" priority -500; '
-            "policy drop; }\n}\n"))
+            "policy drop; }\n}\n")
         return f"all packets on {self.name}:{ifname} dropped (no RST)"
 
     def mend_link(self) -> None:
         """Undo cut_link (a site that comes back)."""
-        self.run(["nft", "delete", "table", "netdev", CUT_LINK_TABLE])
+        self.nft(f"delete table netdev {CUT_LINK_TABLE}")
 
     def cut_forwarding(self, address: ipaddress.IPv4Address | str, mode: str = "drop") -> str:
         """This (forwarding) host stops passing traffic to and from `address`: `drop` is a
         silent partition, `reject` answers the sender's packets with a TCP reset."""
         verdict = "drop" if mode == "drop" else "meta l4proto tcp reject with tcp reset"
-        self.run(["nft", "-f", "-"], input=(
+        self.nft(
             f"table ip {CUT_FORWARD_TABLE} {{\n  chain forward {{\n"
             "    type filter hook forward priority -10; policy accept;\n"
-            f"    ip daddr {address} {verdict}\n    ip saddr {address} drop\n  }}\n}}\n"))
+            f"    ip daddr {address} {verdict}\n    ip saddr {address} drop\n  }}\n}}\n")
         return f"{self.name} forwards nothing to or from {address}: {mode}"
 
 
@@ -268,6 +291,7 @@ def adopt_namespace(host: Host, pid: int) -> None:
     after the container's processes are gone, exactly like a process backend's namespace.
     The namespace's own sysctls are not carried over (backend hosts set none).
     """
+    host.close()  # its nft context belongs to the namespace being replaced
     if host.pids():
         raise RuntimeError(f"{host.ns}: processes {host.pids()} still run in the namespace "
                            "a container is to replace")
@@ -382,6 +406,8 @@ class Network:
             return
         self._closed = True
         errors = []
+        for host in self.hosts.values():
+            host.close()
         for ns in reversed(self.run.namespaces):
             try:
                 remove_namespace(ns)

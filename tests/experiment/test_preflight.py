@@ -29,10 +29,10 @@ def namespaces() -> set[str]:
 
 def test_needs_follow_the_settings() -> None:
     assert [k for k, _ in preflight.needs(trial())] == [
-        "ip", "nft", "engine auto", "mariadbd", "mariadb-install-db"]
+        "ip", "nft", "libnftables", "engine auto", "mariadbd", "mariadb-install-db"]
     keys = [k for k, _ in preflight.needs(trial(
         backend="nginx", load={"driver": "http"}, latency_ms=10, lb={"engine": "proxy"}))]
-    assert keys == ["ip", "nft", "engine proxy", "nginx", "netem"]
+    assert keys == ["ip", "nft", "libnftables", "engine proxy", "nginx", "netem"]
     assert "sysbench" in dict(preflight.needs(trial(load={"driver": "sysbench"})))
     assert "docker" in dict(preflight.needs(trial(provider="docker")))
 

@@ -1,0 +1,138 @@
+"""Benchmark: N identical tcp_retries2=5 switchover trials side by side, every verdict right.
+
+Issue 15's targets, printed from one run: every verdict ok, the fault applied within 5 ms at
+the 99th percentile (summary.csv `fault_apply_ms`), wall / longest trial <= 1.15, and the
+peak memory the matrix took (the machine's used memory above what it used before, sampled
+every 0.5 s, and this process's own peak RSS).
+
+    .venv/bin/python benchmarks/bench_scale.py [--trials N] [--parallel P] [--set KEY=VALUE]...
+
+Default: 64 trials (the lab's slot limit), all side by side. `--set` passes scenario keys to
+every trial, e.g. `--set load.rate=50`. Exit 0 when every target is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from lab.config import scenario
+from lab.experiment.matrix import MatrixRun
+
+APPLY_P99_TARGET_MS = 5.0
+WALL_TARGET = 1.15
+SCENARIO = """description = "bench_scale: identical tcp_retries2=5 switchovers side by side"
+[defaults]
+deadline_s = 40
+after_s = 4
+fault.kind = "switchover"
+fault.at_s = 5
+client.tcp_retries2 = 5
+"""
+
+
+def write_scenario(folder: Path, trials: int) -> Path:
+    path = folder / "bench-scale.toml"
+    names = "".join(f'\n[[trial]]\nname = "switchover-{i:02d}"\n' for i in range(trials))
+    path.write_text(SCENARIO + names)
+    return path
+
+
+def used_mib() -> float:
+    """The machine's used memory (MemTotal - MemAvailable), MiB."""
+    info = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, value = line.split(":", 1)
+        info[key] = int(value.split()[0])
+    return (info["MemTotal"] - info["MemAvailable"]) / 1024
+
+
+class PeakMemory:
+    """Samples used memory every 0.5 s while a block runs."""
+
+    def __init__(self) -> None:
+        self.before = used_mib()
+        self.peak = self.before
+        self._done = threading.Event()
+        self._t = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.5):
+            self.peak = max(self.peak, used_mib())
+
+    def __enter__(self) -> PeakMemory:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._t.join()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def report(rows: list[dict[str, str]], wall: float, walls: list[float], mem: PeakMemory) -> bool:
+    verdicts = [r["verdict"] for r in rows]
+    apply_ms = [float(r["fault_apply_ms"]) for r in rows if r.get("fault_apply_ms")]
+    outages = [float(r["measured_outage_s"]) for r in rows if r.get("measured_outage_s")]
+    ok = sum(v.startswith("ok") for v in verdicts)
+    others = sorted({v for v in verdicts if not v.startswith("ok")})
+    rest = f" (others: {', '.join(others)})" if others else ""
+    print(f"verdicts: {ok} ok of {len(rows)}{rest}")
+    if outages:
+        print(f"measured outage: median {statistics.median(outages):.3f} s, "
+              f"{min(outages):.3f}-{max(outages):.3f} s; model {rows[0]['predicted_outage_s']} s")
+    p99 = percentile(apply_ms, 0.99) if apply_ms else float("inf")
+    if apply_ms:
+        print(f"fault_apply_ms: median {statistics.median(apply_ms):.3f}, p99 {p99:.3f}, "
+              f"max {max(apply_ms):.3f} (target p99 <= {APPLY_P99_TARGET_MS})")
+    ratio = wall / max(walls) if walls else float("inf")
+    if walls:
+        print(f"wall {wall:.1f} s, longest trial {max(walls):.1f} s: ratio {ratio:.3f} "
+              f"(target <= {WALL_TARGET})")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    own = usage.ru_maxrss / 1024
+    print(f"this process (the trials' threads) used {usage.ru_utime + usage.ru_stime:.1f} s "
+          f"of CPU in {wall:.1f} s")
+    print(f"peak memory: machine {mem.peak - mem.before:.0f} MiB above the {mem.before:.0f} MiB "
+          f"used before; this process {own:.0f} MiB RSS")
+    return ok == len(rows) and p99 <= APPLY_P99_TARGET_MS and ratio <= WALL_TARGET
+
+
+def trial_walls(run_dir: Path) -> list[float]:
+    return [float(json.loads(f.read_text())["facts"]["wall_s"])
+            for f in run_dir.glob("*/trial.json")]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=64)
+    ap.add_argument("--parallel", type=int, default=0, help="side by side (default: all)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        scen = scenario.load(write_scenario(Path(tmp), args.trials), args.set)
+        run_dir = Path(tmp) / "run"
+        parallel = args.parallel or args.trials
+        print(f"{args.trials} trials, --parallel {parallel}, set {args.set or 'nothing'}")
+        with PeakMemory() as mem:
+            t0 = time.monotonic()
+            MatrixRun(scen, run_dir, parallel=parallel).run()
+            wall = time.monotonic() - t0
+        with (run_dir / "summary.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        return 0 if report(rows, wall, trial_walls(run_dir), mem) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
