@@ -5,13 +5,14 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 LAB := $(VENV)/bin/lab
-APT_PACKAGES := mariadb-server mariadb-client nftables python3-nftables tcpdump iproute2 conntrack procps sysbench nginx-light haproxy gcc libc6-dev docker.io debootstrap \
-  qemu-system-x86 e2fsprogs vagrant chromium-headless-shell $(ZOO_APT_PACKAGES)
+# defined before APT_PACKAGES: `:=` expands it where it is used
 # the client zoo (load.driver "zoo"): each stack's runtime and library, from Debian; the
 # Python ones come with the venv (extra "zoo"), mysql2 from npm into .zoo/node (below)
 ZOO_APT_PACKAGES := default-jdk-headless libmariadb-java libhikaricp-java libslf4j-java \
   golang-go golang-github-go-sql-driver-mysql-dev php-cli php-mysql libmariadb-dev pkg-config \
   python3-dev
+APT_PACKAGES := mariadb-server mariadb-client nftables python3-nftables tcpdump iproute2 conntrack procps sysbench nginx-light haproxy gcc libc6-dev docker.io debootstrap \
+  qemu-system-x86 e2fsprogs vagrant chromium-headless-shell $(ZOO_APT_PACKAGES)
 # a node that exists is reused (Debian's nodejs/npm can conflict with one installed otherwise)
 NODE_APT_PACKAGES := $(shell command -v node >/dev/null && command -v npm >/dev/null || echo nodejs npm)
 ZOO_NODE := .zoo/node

@@ -85,7 +85,8 @@ def test_summary_row_columns(tmp_path: Path) -> None:
     assert columns[5:5 + len(settings_keys)] == settings_keys
     assert columns[5 + len(settings_keys):] == [
         "predicted_outage_s", "predicted_mechanism", "measured_outage_s", "detect_s",
-        "recover_s", "errors", "reconnects", *results.EVIDENCE_COLUMNS, "verdict"]
+        "recover_s", "errors", "reconnects", "fault_apply_ms", *results.EVIDENCE_COLUMNS,
+        "verdict"]
     assert (row["trial"], row["backend"], row["driver"], row["lb"], row["fault"]) == (
         "crash-r5", "mariadb", "oltp", "nft", "crash")
     assert row["client.tcp_retries2"] == 5 and row["client.tcp_user_timeout_ms"] == ""  # None
@@ -95,6 +96,9 @@ def test_summary_row_columns(tmp_path: Path) -> None:
     # evidence facts: numbers rounded, an absent fact empty
     assert (row["retrans_count"], row["first_rto_s"], row["tlp"]) == (6, 0.204, "")
     assert row["verdict"] == result.verdict
+    assert row["fault_apply_ms"] == ""  # not measured in this result
+    result.fault_apply_ms = 0.412
+    assert results.summary_row(result)["fault_apply_ms"] == 0.412
 
 
 def test_a_trial_without_a_fault_leaves_the_measurements_empty() -> None:

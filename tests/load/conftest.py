@@ -4,8 +4,11 @@ reading a driver's events as they arrive."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,6 +56,22 @@ def wait_for(driver: DriverProcess, pred: Callable[[dict[str, Any]], bool],
                 return ev
         time.sleep(0.01)
     raise AssertionError(f"no matching event in {timeout}s; events: {driver.output.events}")
+
+
+def kill_and_wait_dead(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL `pid` and return once it has exited (a zombie or gone): its kernel has closed
+    its sockets by then, so no transaction that starts afterwards can still reach it."""
+    os.kill(pid, signal.SIGKILL)
+    stat = Path(f"/proc/{pid}/stat")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"pid {pid} still running {timeout}s after SIGKILL")
 
 
 def events(driver: DriverProcess, name: str, after: float = 0.0) -> list[dict[str, Any]]:
