@@ -11,8 +11,8 @@ first one; silent failures take a whole `inter` each) with shutdown-sessions, or
 `shutdown sessions` (expire_nodest_conn=1 at removal, drain_timeout_s after it). Removal
 alone (drain state) keeps sessions on the old server. Reconnects succeed once the failover
 sends new sessions to backend2 (the trial adds backend2 only then, so a DOWN mark alone does
-not help new sessions); HAProxy's connect timeouts/retries before that can add a few
-seconds that are not modelled.
+not help new sessions); a refused reconnect before that holds the client for HAProxy's
+`retries` (3, one second apart) before it is closed.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ from lab.model.prediction import (
 
 # HAProxy (lb.engine "proxy", lab/lb/proxy.py): `timeout connect 5000`, default `retries 3`.
 PROXY_CONNECT_TIMEOUT_S = 5.0
+PROXY_RETRIES = 3
+# HAProxy's `retries` documentation: "a turn-around timer of min("timeout connect", one
+# second) is applied before a retry occurs"; without `option redispatch` (not set) every
+# retry goes to the same server. A session whose server refuses at once therefore ends after
+# retries x that timer, when HAProxy closes the client's connection (bench_scale.py --mix:
+# kill behind the proxy, failover at 2 s, measured 3.42 s; 3 s of retries + the reconnect).
+PROXY_REFUSED_SESSION_S = PROXY_RETRIES * min(PROXY_CONNECT_TIMEOUT_S, 1.0)
 SILENT = ("crash", "partition-drop")  # the server side's packets vanish
 REFUSING = ("kill", "partition-reject")  # the server side is reset at once
 
@@ -118,6 +125,13 @@ def _reconnect(
     first); before it a hung backend holds each reconnect until a timeout ends it."""
     ready = failover_at(trial.fault)
     start = max(detect, ready)
+    # (failover_after_s 0: the failover follows the fault within the ms the client's error
+    # takes to arrive, so its reconnect already goes to backend2)
+    if kind in REFUSING and detect < ready and trial.fault.failover_after_s > 0:
+        cycle = PROXY_REFUSED_SESSION_S
+        start = detect + math.ceil((ready - detect) / cycle) * cycle
+        notes.append(f"each reconnect before the failover is refused {PROXY_RETRIES}x, "
+                     f"{cycle / PROXY_RETRIES:g}s apart (HAProxy retries), then closed")
     if kind == "hang" and detect < ready:
         waits = [x for x in (trial.client.read_timeout_s, trial.lb.proxy_timeout_server_s)
                  if x is not None]
@@ -128,5 +142,5 @@ def _reconnect(
         notes.append(f"reconnects before the failover hang, each ends after {min(waits):g}s")
     outage = start + reconnect_s
     notes.append(f"client error at {fmt_s(detect)}, new sessions go to backend2 from "
-                 f"{fmt_s(ready)} -> {fmt_s(outage)} (HAProxy connect retries not modelled)")
+                 f"{fmt_s(ready)} -> {fmt_s(outage)}")
     return Prediction(outage, mech, detect, "; ".join(notes))

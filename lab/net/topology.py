@@ -227,14 +227,20 @@ class Host:
         self.nft(f"delete table netdev {CUT_LINK_TABLE}")
 
     def cut_forwarding(self, address: ipaddress.IPv4Address | str, mode: str = "drop") -> str:
-        """This (forwarding) host stops passing traffic to and from `address`: `drop` is a
-        silent partition, `reject` answers the sender's packets with a TCP reset."""
+        """This host stops passing traffic to and from `address`, forwarded (LVS-NAT) or its
+        own (a proxy's server-side connections): `drop` is a silent partition, `reject`
+        answers the sender's packets with a TCP reset."""
         verdict = "drop" if mode == "drop" else "meta l4proto tcp reject with tcp reset"
-        self.nft(
-            f"table ip {CUT_FORWARD_TABLE} {{\n  chain forward {{\n"
-            "    type filter hook forward priority -10; policy accept;\n"
-            f"    ip daddr {address} {verdict}\n    ip saddr {address} drop\n  }}\n}}\n")
-        return f"{self.name} forwards nothing to or from {address}: {mode}"
+        chains = "".join(
+            f"  chain {hook} {{\n    type filter hook {hook} priority -10; policy accept;\n"
+            f"{rules}  }}\n"
+            for hook, rules in (
+                ("forward", f"    ip daddr {address} {verdict}\n    ip saddr {address} drop\n"),
+                ("output", f"    ip daddr {address} {verdict}\n"),
+                # (iif lo: the reset an output reject sends the host's own socket)
+                ("input", f'    iif "lo" accept\n    ip saddr {address} drop\n')))
+        self.nft(f"table ip {CUT_FORWARD_TABLE} {{\n{chains}}}\n")
+        return f"{self.name} passes nothing to or from {address}: {mode}"
 
 
 def _ns_pids(ns: str) -> list[int]:

@@ -22,6 +22,12 @@ PROXY_CASES: list[tuple[str, TrialSettings, str, float | None]] = [
     ("shutdown sessions", trial(lb={**PROXY, "expire_nodest_conn": 1},
                                 fault={"kind": "crash"}), "lb_reset", 0.06),
     ("kill", trial(lb=PROXY, fault={"kind": "kill"}), "reset", 0.06),
+    # reconnects before the failover are refused 3x a second apart, then closed: 3 s cycles
+    ("kill, failover after 2 s: one refused session of 3 s", trial(
+        lb=PROXY, fault={"kind": "kill", "failover_after_s": 2}), "reset", 3.05),
+    ("partition reject, failover after 4 s: two refused sessions", trial(
+        lb=PROXY, fault={"kind": "partition", "partition_mode": "reject",
+                         "failover_after_s": 4}), "reset", 6.05),
     ("hang, nothing set", trial(lb=PROXY, fault={"kind": "hang"}), "never", None),
     ("hang + timeout server, reconnects hang too until the failover", trial(
         lb={**PROXY, "proxy_timeout_server_s": 5}, fault={"kind": "hang", "failover_after_s": 100}),
