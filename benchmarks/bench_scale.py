@@ -11,7 +11,9 @@ Default: 64 trials (the lab's slot limit), all side by side. `--set` passes scen
 every trial, e.g. `--set load.rate=50`. `--mix` cycles the trials through every fault kind
 (switchover, crash, kill, hang, partition drop and reject) on both engines that run here (nft,
 proxy = HAProxy) and prints fault_apply_ms per kind and engine; the wall ratio is then not a
-target (the kinds' trials differ in length). Exit 0 when every target is met.
+target (the kinds' trials differ in length). `--article` puts the article's scenario
+(scenarios/seed-lvs-mysql.toml: the 938 s baseline and its six fixes, with their own settings)
+among the N trials (it then lasts ~16 min). Exit 0 when every target is met.
 """
 
 from __future__ import annotations
@@ -24,49 +26,77 @@ import statistics
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from lab.config import scenario
 from lab.experiment.matrix import MatrixRun
 
 APPLY_P99_TARGET_MS = 5.0
 WALL_TARGET = 1.15
-SCENARIO = """description = "bench_scale: identical tcp_retries2=5 switchovers side by side"
-[defaults]
-deadline_s = 40
-after_s = 4
-fault.kind = "switchover"
-fault.at_s = 5
-client.tcp_retries2 = 5
-"""
-
-
+SCENARIO = 'description = "bench_scale: tcp_retries2=5 switchovers side by side"\n'
+# each bench trial's own keys (not [defaults]: the article's trials keep the lab's defaults)
+BENCH_KEYS: dict[str, Any] = {"deadline_s": 40, "after_s": 4, "fault.kind": "switchover",
+                              "fault.at_s": 5, "client.tcp_retries2": 5}
 # --mix: each fault kind with the short settings of scenarios/mitigations-short.toml
-MIX_KINDS = {
-    "switchover": "",
-    "crash": 'fault.kind = "crash"\nfault.failover_after_s = 2\n',
-    "kill": 'fault.kind = "kill"\nfault.failover_after_s = 2\n',
-    "hang": 'fault.kind = "hang"\nfault.failover_after_s = 1\nclient.read_timeout_s = 3\n',
-    "partition-drop": 'fault.kind = "partition"\nfault.partition_mode = "drop"\n'
-                      'fault.failover_after_s = 2\n',
-    "partition-reject": 'fault.kind = "partition"\nfault.partition_mode = "reject"\n'
-                        'fault.failover_after_s = 2\n',
+MIX_KINDS: dict[str, dict[str, Any]] = {
+    "switchover": {},
+    "crash": {"fault.kind": "crash", "fault.failover_after_s": 2},
+    "kill": {"fault.kind": "kill", "fault.failover_after_s": 2},
+    "hang": {"fault.kind": "hang", "fault.failover_after_s": 1, "client.read_timeout_s": 3},
+    "partition-drop": {"fault.kind": "partition", "fault.partition_mode": "drop",
+                       "fault.failover_after_s": 2},
+    "partition-reject": {"fault.kind": "partition", "fault.partition_mode": "reject",
+                         "fault.failover_after_s": 2},
 }
 MIX_ENGINES = ("nft", "proxy")
 
 
+def block(keys: dict[str, Any]) -> str:
+    return "\n[[trial]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+
+
 def trial_block(i: int, mix: bool) -> str:
     if not mix:
-        return f'\n[[trial]]\nname = "switchover-{i:02d}"\n'
+        return block({"name": f"switchover-{i:02d}", **BENCH_KEYS})
     combos = [(k, e) for e in MIX_ENGINES for k in MIX_KINDS]
     kind, engine = combos[i % len(combos)]
-    return (f'\n[[trial]]\nname = "{kind}-{engine}-{i:02d}"\nlb.engine = "{engine}"\n'
-            f"{MIX_KINDS[kind]}")
+    return block({"name": f"{kind}-{engine}-{i:02d}", **BENCH_KEYS, "lb.engine": engine,
+                  **MIX_KINDS[kind]})
 
 
-def write_scenario(folder: Path, trials: int, mix: bool = False) -> Path:
+ARTICLE = Path(__file__).resolve().parents[1] / "scenarios" / "seed-lvs-mysql.toml"
+
+
+def flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A TOML table's dotted keys: {"client": {"tcp_retries2": 5}} -> {"client.tcp_retries2": 5}."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def article_blocks() -> list[str]:
+    """The article's trials, each carrying its scenario's defaults (the bench's differ)."""
+    data = tomllib.loads(ARTICLE.read_text())
+    defaults = flat(data["defaults"])
+    blocks = []
+    for t in data["trial"]:
+        keys = {**defaults, **flat(t)}
+        keys["name"] = f"article-{keys['name']}"
+        blocks.append(block(keys))
+    return blocks
+
+
+def write_scenario(folder: Path, trials: int, mix: bool = False, article: bool = False) -> Path:
     path = folder / "bench-scale.toml"
-    path.write_text(SCENARIO + "".join(trial_block(i, mix) for i in range(trials)))
+    head = article_blocks() if article else []
+    rest = [trial_block(i, mix) for i in range(trials - len(head))]
+    path.write_text(SCENARIO + "".join(head + rest))
     return path
 
 
@@ -131,6 +161,10 @@ def report(rows: list[dict[str, str]], wall: float, walls: list[float], mem: Pea
         print(f"measured outage: median {statistics.median(outages):.3f} s, "
               f"{min(outages):.3f}-{max(outages):.3f} s; model {rows[0]['predicted_outage_s']} s"
               + (" (of the first trial; the kinds differ)" if mix else ""))
+    for r in rows:
+        if r["trial"].startswith("article-"):
+            print(f"  {r['trial']:28} measured {r['measured_outage_s'] or '-':>8} s, model "
+                  f"{r['predicted_outage_s']:>8} s: {r['verdict']}")
     p99 = percentile(apply_ms, 0.99) if apply_ms else float("inf")
     if apply_ms:
         print(f"fault_apply_ms: median {statistics.median(apply_ms):.3f}, p99 {p99:.3f}, "
@@ -161,12 +195,16 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=0, help="side by side (default: all)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--mix", action="store_true", help="every fault kind on nft and proxy")
+    ap.add_argument("--article", action="store_true",
+                    help="the article's 7 trials (the 938 s baseline) among the N")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        scen = scenario.load(write_scenario(Path(tmp), args.trials, args.mix), args.set)
+        path = write_scenario(Path(tmp), args.trials, args.mix, args.article)
+        scen = scenario.load(path, args.set)
         run_dir = Path(tmp) / "run"
         parallel = args.parallel or args.trials
-        print(f"{args.trials} trials{' (mixed kinds)' if args.mix else ''}, --parallel "
+        print(f"{args.trials} trials{' (mixed kinds)' if args.mix else ''}"
+              f"{' (the article among them)' if args.article else ''}, --parallel "
               f"{parallel}, set {args.set or 'nothing'}")
         with PeakMemory() as mem:
             t0 = time.monotonic()
