@@ -7,7 +7,8 @@ collects the same evidence (plus the packets themselves) for every trial:
 - `retransmits.analyse_pcap`: every data segment of the client->VIP flows, its
   retransmissions (TLP / RTO / fast), keepalives, probes and how the flow ended;
 - `sockets.SocketSnapshots` and `conntrack.ConntrackSnapshots` driven by
-  `snapshots.SnapshotLoop`: `ss -tnoi` and conntrack tables every 0.5 s;
+  `snapshots.SnapshotLoop`: the client's sockets (netlink sock_diag, what `ss -tnoi`
+  shows) and the lb's conntrack table (ctnetlink) every 0.5 s;
 - `kernel_counters`: nstat counters of a namespace, to prove the capture missed nothing.
 
 Submodules are imported explicitly (not re-exported here) so that the scapy child process

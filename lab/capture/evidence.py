@@ -123,11 +123,14 @@ class Evidence:
             self.lb, self.out_dir / "lb_connections.csv", virtual=self.vip,
             source=self.lb_table,
         )
-        self._loop = SnapshotLoop(
-            [SocketSnapshots(self.client, self.vip, self.port, self.out_dir / "sockets.csv"),
-             self._conntrack],
-            self.interval_s, t0=self.t0,
-        )
+        try:
+            sockets = SocketSnapshots(self.client, self.vip, self.port,
+                                      self.out_dir / "sockets.csv")
+        except BaseException:
+            # its netlink sockets would keep the lb namespace (and its veths) alive
+            self._conntrack.close()
+            raise
+        self._loop = SnapshotLoop([sockets, self._conntrack], self.interval_s, t0=self.t0)
         self._loop.start()
 
     def close(self) -> None:

@@ -1,32 +1,36 @@
-"""Snapshots of the client's TCP sockets towards the VIP, from `ss -tnoiH` in its namespace.
+"""Snapshots of the client's TCP sockets towards the VIP, as `ss -tnoi` shows them, read through
+netlink sock_diag (lab.net.sockdiag) in the client's namespace: one socket opened per trial,
+no process per tick.
 
 This is the article's `netstat -o` evidence ("on (49.03/13/0)"): which timer runs, how long
-until it fires, how many retransmissions/probes so far, the current RTO and backoff.
-ss's text is parsed by hand, on purpose: it is exactly what someone reproducing the trial by
-hand types and sees, and its format is stable. (pyroute2's DiagSocket decodes the same
-inet_diag messages -- idiag_timer/expires/retrans and tcp_info -- and would avoid one process
-per tick; not used, nor tried in a namespace, here.) Timer names follow ss: "on" is the
-retransmission timer (netstat's "on": RTO, and also the TLP/reorder timers), "keepalive",
-"timewait", "persist" (netstat's "probe": zero-window probes). The timer's 3rd field is
-icsk_retransmits for "on" and icsk_probes_out for "persist"/"keepalive" (kernel inet_diag),
-so it becomes `retrans` or `probes` accordingly.
+until it fires, how many retransmissions/probes so far, the current RTO and backoff. The
+columns keep ss's meanings (what someone reproducing the trial by hand types and sees;
+tests/capture/test_sockets.py compares them with `ss -tnoi` on the same live sockets):
+- timer names follow ss: "on" is the retransmission timer (netstat's "on": RTO, and also the
+  TLP/reorder timers), "keepalive", "timewait", "persist" (netstat's "probe": zero-window
+  probes); `timer_left_s` is idiag_expires, to the millisecond (ss rounds it for display:
+  "12sec" for 12.345 s);
+- the timer's 3rd field (idiag_retrans) is icsk_retransmits for "on" and icsk_probes_out for
+  "persist"/"keepalive" (kernel inet_diag), so it becomes `retrans` or `probes`; with another
+  timer, `retrans` is ss's "retrans:X/" (tcpi_retrans: retransmitted segments in flight) and
+  `retrans_total` its "/Y" (tcpi_total_retrans);
+- blank where ss prints nothing: `rto_ms` without tcp_info (TIME-WAIT), `bytes_acked` and
+  `bytes_retrans` without tcp_info or when zero. (One difference: ss hides an RTO of exactly
+  3000 ms, the old initial RTO; here it is written.)
 """
 
 from __future__ import annotations
 
 import csv
-import re
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from lab.net.sockdiag import SockDiag, TcpInfo, TcpSocket
 from lab.net.topology import Host
 
-SS_STATES = frozenset({
-    "ESTAB", "SYN-SENT", "SYN-RECV", "FIN-WAIT-1", "FIN-WAIT-2", "TIME-WAIT", "CLOSE",
-    "CLOSE-WAIT", "LAST-ACK", "LISTEN", "CLOSING", "UNCONN",
-})
 CSV_COLUMNS = (
     "t_s", "local", "peer", "state", "timer", "timer_left_s", "retrans", "probes", "backoff",
     "rto_ms", "unacked", "retrans_total", "lost", "bytes_acked", "bytes_retrans", "send_q",
@@ -35,19 +39,7 @@ CSV_COLUMNS = (
 NO_SOCKET = "none"  # state of the row written when no socket matched at that instant
 _NETSTAT_TIMER = {"on": "on", "keepalive": "keepalive", "timewait": "timewait",
                   "persist": "probe"}
-
-_TIMER = re.compile(r"timer:\((\w+),([^,)]*),(\d+)\)")
-# ss's print_ms_timer: "352ms", "1.304ms" (= 1.304 s), "28sec", "1min2sec", "12min", "" (due)
-_DURATION = re.compile(r"^(?:(\d+)min)?(?:(\d+)(sec|\.))?(?:(\d+)ms)?$")
-
-
-def parse_ss_duration(text: str) -> float:
-    """Seconds from ss's timer format (see _DURATION); "" (already due) is 0."""
-    m = _DURATION.match(text.strip())
-    if m is None:
-        raise ValueError(f"not an ss duration: {text!r}")
-    minutes, secs, _sep, msecs = m.groups()
-    return int(minutes or 0) * 60 + int(secs or 0) + int(msecs or 0) / 1000
+_NO_INFO = TcpInfo(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -96,74 +88,35 @@ def _fmt(v: float | int | None) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _int(fields: dict[str, str], key: str) -> int | None:
-    v = fields.get(key)
-    return None if v is None else int(v)
+def endpoint(family: int, addr: tuple[str, int]) -> str:
+    """ip:port as `ss -n` prints it: an IPv6 address in brackets ("[::ffff:10.0.0.1]:80")."""
+    return f"[{addr[0]}]:{addr[1]}" if family == socket.AF_INET6 else f"{addr[0]}:{addr[1]}"
 
 
-def parse_ss_line(line: str) -> SocketSnapshot:
-    """One socket from `ss -tnoiH state all` output (main line + info, joined or -O)."""
-    tokens = line.split()
-    if not tokens:
-        raise ValueError("empty ss line")
-    state = tokens[0] if tokens[0] in SS_STATES else ""
-    rest = tokens[1:] if state else tokens  # ss omits the column when filtering one state
-    if len(rest) < 4:
-        raise ValueError(f"short ss line: {line!r}")
-    recv_q, send_q, local, peer = int(rest[0]), int(rest[1]), rest[2], rest[3]
-    fields = {}
-    for tok in rest[4:]:
-        key, sep, value = tok.partition(":")
-        if sep and key.isidentifier() and not value.startswith("("):
-            fields[key] = value
-    timer = left = None
-    count = 0
-    m = _TIMER.search(line)
-    if m:
-        timer, left, count = m.group(1), parse_ss_duration(m.group(2)), int(m.group(3))
-    cur_retrans, _, total = fields.get("retrans", "0/0").partition("/")
+def snapshot(s: TcpSocket) -> SocketSnapshot:
+    """One inet_diag socket in ss's vocabulary (see the module docstring)."""
+    info = s.info or _NO_INFO
+    timer = s.timer_name
     return SocketSnapshot(
-        state=state or "?", local=local, peer=peer, recv_q=recv_q, send_q=send_q,
-        timer=timer, timer_left_s=left,
-        retrans=count if timer == "on" else int(cur_retrans or 0),
-        probes=count if timer in ("persist", "keepalive") else 0,
-        backoff=_int(fields, "backoff") or 0,
-        rto_ms=float(fields["rto"]) if "rto" in fields else None,
-        unacked=_int(fields, "unacked") or 0,
-        retrans_total=int(total or 0),
-        lost=_int(fields, "lost") or 0,
-        bytes_acked=_int(fields, "bytes_acked"),
-        bytes_retrans=_int(fields, "bytes_retrans"),
+        state=s.state_name, local=endpoint(s.family, s.local),
+        peer=endpoint(s.family, s.peer), recv_q=s.recv_q, send_q=s.send_q,
+        timer=timer, timer_left_s=s.expires_ms / 1000 if timer else None,
+        retrans=s.retrans if timer == "on" else info.retrans,
+        probes=s.retrans if timer in ("persist", "keepalive") else 0,
+        backoff=info.backoff, rto_ms=info.rto_us / 1000 if info.rto_us else None,
+        unacked=info.unacked, retrans_total=info.total_retrans, lost=info.lost,
+        bytes_acked=info.bytes_acked or None, bytes_retrans=info.bytes_retrans or None,
     )
 
 
-def parse_ss_output(text: str) -> list[SocketSnapshot]:
-    """All sockets in ss output; without -O ss puts the info on an indented second line."""
-    records: list[str] = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        if line[0].isspace() and records:
-            records[-1] += " " + line.strip()
-        else:
-            records.append(line)
-    return [parse_ss_line(r) for r in records]
-
-
-def ss_argv(dst_ip: str, dst_port: int) -> list[str]:
-    return ["ss", "-tnoiHO", "state", "all", "dst", f"{dst_ip}:{dst_port}"]
-
-
-def ss_sockets(host: Host, dst_ip: str, dst_port: int) -> list[SocketSnapshot]:
-    """The TCP sockets of host's namespace whose peer is dst_ip:dst_port."""
-    return parse_ss_output(host.run(ss_argv(dst_ip, dst_port), timeout=10).stdout)
-
-
 class SocketSnapshots:
-    """A SnapshotLoop callable: one ss query per tick, appended to sockets.csv.
+    """A SnapshotLoop callable: the TCP sockets of host's namespace whose peer is
+    dst_ip:dst_port, appended to sockets.csv at each tick.
 
-    When no socket matches, one row with state "none" is written, so the CSV shows the socket
-    disappearing (the kernel gave up) rather than just stopping.
+    The sock_diag socket is opened here, inside the namespace, and closed by close() (before
+    the namespace goes: it holds it). When no socket matches, one row with state "none" is
+    written, so the CSV shows the socket disappearing (the kernel gave up) rather than just
+    stopping.
     """
 
     def __init__(self, host: Host, dst_ip: str, dst_port: int, path: Path | str) -> None:
@@ -171,14 +124,18 @@ class SocketSnapshots:
         self.dst_ip = str(dst_ip)
         self.dst_port = dst_port
         self.path = Path(path)
+        self._diag = SockDiag(host.ns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = self.path.open("w", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=CSV_COLUMNS)
         self._csv.writeheader()
         self._lock = threading.Lock()
 
+    def read(self) -> list[SocketSnapshot]:
+        return [snapshot(s) for s in self._diag.tcp(self.dst_ip, self.dst_port)]
+
     def __call__(self, t_s: float) -> list[SocketSnapshot]:
-        socks = ss_sockets(self.host, self.dst_ip, self.dst_port)
+        socks = self.read()
         with self._lock:
             if socks:
                 self._csv.writerows(s.row(t_s) for s in socks)
@@ -188,5 +145,6 @@ class SocketSnapshots:
         return socks
 
     def close(self) -> None:
+        self._diag.close()
         with self._lock:
             self._file.close()

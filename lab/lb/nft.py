@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lab.lb.base import Connection, LbOptions, LoadBalancer, RealServer
+from lab.net.conntrack import ConntrackTable, CtEntry
 from lab.net.topology import Host
 
 TABLE_PREFIX = "bhl_lvs_"  # one table per virtual service: bhl_lvs_<port>
@@ -220,12 +220,13 @@ table ip {self.table} {{
                 self._apply()
 
     def connections(self) -> list[Connection]:
-        # conntrack-tools prints the table with its marks; no library in our stack reads the
-        # conntrack table from inside another namespace as simply.
-        out = self.host.run(["conntrack", "-L", "-p", "tcp"], check=False).stdout
+        """The namespace's conntrack entries to this service (ctnetlink, lab.net.conntrack),
+        each with the real server its mark names."""
         by_mark = {e.mark: e.rs.name for e in self._entries.values()}
-        parsed = (parse_conntrack_line(line, by_mark) for line in out.splitlines())
-        return [c for c in parsed if c and c.virtual == f"{self.vip}:{self.port}"]
+        with ConntrackTable(self.host.ns) as table:
+            entries = table.dump()
+        return [connection(e, by_mark) for e in entries
+                if e.orig.dst == str(self.vip) and e.orig.dport == self.port]
 
     def close(self) -> None:
         for timer in self._timers:
@@ -234,27 +235,11 @@ table ip {self.table} {{
             self.host.nft(f"delete table ip {self.table}")
 
 
-_CT_RE = re.compile(
-    r"^(?P<proto>\w+)\s+\d+\s+(?P<expire>\d+)\s+(?:(?P<state>[A-Z_]+)\s+)?"
-    r"src=(?P<src>\S+) dst=(?P<dst>\S+) sport=(?P<sport>\d+) dport=(?P<dport>\d+)"
-    r".*?src=(?P<rsrc>\S+) dst=\S+ sport=(?P<rsport>\d+)"
-)
-_MARK_RE = re.compile(r"\bmark=(\d+)")
-
-
-def parse_conntrack_line(line: str, marks: dict[int, str]) -> Connection | None:
-    """One `conntrack -L` line -> Connection (the reply source is the real server)."""
-    m = _CT_RE.match(line.strip())
-    if not m:
-        return None
-    mark_m = _MARK_RE.search(line)
-    mark = int(mark_m.group(1)) if mark_m else 0
+def connection(entry: CtEntry, marks: dict[int, str]) -> Connection:
+    """A TCP conntrack entry -> Connection (the reply source is the real server)."""
+    o, r = entry.orig, entry.reply
     return Connection(
-        protocol=m["proto"].upper(),
-        expire_s=float(m["expire"]),
-        state=m["state"] or "",
-        source=f"{m['src']}:{m['sport']}",
-        virtual=f"{m['dst']}:{m['dport']}",
-        destination=f"{m['rsrc']}:{m['rsport']}",
-        real_server=marks.get(mark),
+        protocol="TCP", expire_s=float(entry.timeout_s), state=entry.state,
+        source=f"{o.src}:{o.sport}", virtual=f"{o.dst}:{o.dport}",
+        destination=f"{r.src}:{r.sport}", real_server=marks.get(entry.mark),
     )

@@ -30,6 +30,7 @@ from lab.capture.sniffer import CaptureStats
 from lab.capture.sockets import NO_SOCKET
 from lab.net.runtime import Run, new_run
 from lab.net.topology import Network, Topology
+from tests.net.test_conntrack import CtLine, conntrack_cli
 
 pytestmark = pytest.mark.root
 
@@ -61,7 +62,7 @@ class Outcome:
     ns_prefix: str
     capture_pid: int
     counters_after: tuple[dict[str, int], dict[str, int]]  # nstat, /proc
-    lb_views: tuple[list[LbConnection], list[LbConnection]]  # netlink, conntrack CLI
+    lb_views: tuple[list[LbConnection], list[CtLine]]  # netlink, `conntrack -L`
     files: dict[str, Path]
 
 
@@ -135,10 +136,8 @@ table ip lab {{
                 counters_after = (kernel_counters.read_counters(client, source="nstat"),
                                   kernel_counters.read_counters(client, source="proc"))
                 ct_netlink = ConntrackSnapshots(router, out / "ct_nl.csv", source="netlink")
-                ct_cli = ConntrackSnapshots(router, out / "ct_cli.csv", source="cli")
-                lb_views = (ct_netlink.read(), ct_cli.read())
+                lb_views = (ct_netlink.read(), conntrack_cli(router))
                 ct_netlink.close()
-                ct_cli.close()
                 result = ev.stop()
             finally:
                 ev.close()
@@ -354,10 +353,16 @@ def test_counter_sources_agree(outcome: Outcome) -> None:
 def test_conntrack_netlink_and_cli_agree(outcome: Outcome) -> None:
     netlink, cli = outcome.lb_views
     assert netlink and len(netlink) == len(cli)
-    key = lambda c: (c.source, c.virtual, c.destination, c.state, c.mark)  # noqa: E731
+
+    def key(c: LbConnection | CtLine) -> tuple[object, ...]:
+        if isinstance(c, CtLine):  # as ipvsadm -Lcn: client, VIP, real server
+            return (f"{c.orig[0]}:{c.orig[2]}", f"{c.orig[1]}:{c.orig[3]}",
+                    f"{c.reply[0]}:{c.reply[2]}", c.state, c.mark)
+        return c.source, c.virtual, c.destination, c.state, c.mark
+
     assert sorted(map(key, netlink)) == sorted(map(key, cli))
     for a, b in zip(sorted(netlink, key=key), sorted(cli, key=key), strict=True):
-        assert abs(a.expire_s - b.expire_s) <= 1
+        assert abs(a.expire_s - b.timeout_s) <= 1
 
 
 def test_evidence_files_and_facts(outcome: Outcome) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from lab.lb import LbOptions, RealServer, make
-from lab.lb.nft import NftLoadBalancer, interleave, parse_conntrack_line, slot_map
+from lab.lb.nft import NftLoadBalancer, connection, interleave, slot_map
+from lab.net.conntrack import CtEntry, Tuple
 from lab.net.runtime import Run
 from lab.net.topology import Network, lvs_topology, lvs_vip
 
@@ -69,16 +70,15 @@ def rig(request: pytest.FixtureRequest, lab_run: Run) -> Iterator[Rig]:
             r.close()
 
 
-def test_parse_conntrack_line() -> None:
-    line = ("tcp      6 431999 ESTABLISHED src=198.18.0.1 dst=198.18.0.100 sport=40000 "
-            "dport=3001 src=198.18.1.2 dst=198.18.0.1 sport=3306 dport=40000 [ASSURED] mark=1 "
-            "use=1")
-    c = parse_conntrack_line(line, {1: "backend1"})
-    assert c is not None
-    assert (c.state, c.source, c.virtual, c.destination, c.real_server) == (
-        "ESTABLISHED", "198.18.0.1:40000", "198.18.0.100:3001", "198.18.1.2:3306", "backend1")
+def test_a_conntrack_entry_as_a_connection_of_its_real_server() -> None:
+    e = CtEntry(Tuple("198.18.0.1", "198.18.0.100", 6, 40000, 3001),
+                Tuple("198.18.1.2", "198.18.0.1", 6, 3306, 40000), "ESTABLISHED", 431999, 1)
+    c = connection(e, {1: "backend1"})
+    assert (c.protocol, c.state, c.source, c.virtual, c.destination, c.real_server) == (
+        "TCP", "ESTABLISHED", "198.18.0.1:40000", "198.18.0.100:3001", "198.18.1.2:3306",
+        "backend1")
     assert c.expire_s == 431999
-    assert parse_conntrack_line("conntrack v1.4.7: 0 flow entries", {}) is None
+    assert connection(e, {2: "backend2"}).real_server is None  # a mark of no known server
 
 
 def test_interleave_spreads_each_server_evenly() -> None:
