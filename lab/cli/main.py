@@ -1,6 +1,8 @@
 """blackhole-lab: reproduce, measure and fix the blackhole of long-lived TCP connections.
 
     lab run SCENARIO [--set key=value ...] [--out DIR] [--resume RUN_DIR] [--dry-run]
+            [--shard I/N]    run shard I of N (1-based) of the trials, for N machines
+    lab merge RUN_DIR... [-o OUT]  the shards' run dirs as one run
     lab scenarios            the scenarios that ship with the lab (lab run NAME runs one)
     lab report RUN_DIR       table + plots of a run
     lab compare RUN_A RUN_B  what changed, what differs; exit 1 on a regression (--fail-on)
@@ -13,10 +15,10 @@
     lab vm build|test|run    the lab inside a VM with real IPVS (make vm-test)
     lab completion bash|zsh  the shell's completion script: eval "$(lab completion bash)"
 
-run, report, compare, keys, scenarios and doctor take --json: JSON on stdout, the rest on
-stderr, the exit code unchanged.
+run, report, compare, merge, keys, scenarios and doctor take --json: JSON on stdout, the
+rest on stderr, the exit code unchanged.
 
-Exit codes (a CI can gate on them):
+Exit codes (a CI can gate on them; lab merge gives lab run's for the merged trials):
     0  every trial ran and agrees with the model (lab compare: no regression)
     1  the lab failed: a trial could not be built or run (see its error.txt);
        lab compare: a regression
@@ -35,7 +37,6 @@ import math
 import os
 import shlex
 import sys
-import threading
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ from lab.experiment import compare
 if TYPE_CHECKING:
     from lab.config.scenario import Scenario
     from lab.experiment.matrix import MatrixRun
+    from lab.experiment.shard import Shard
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -64,7 +66,8 @@ LAZY_COMMANDS = {
 # an import (lab.cli): a command imports only its own, so `lab --help` starts in ~0.1 s
 PRELOAD = {
     "run": ("lab.config.scenario", "lab.experiment.preflight", "lab.experiment.matrix",
-            "lab.cli.views", "rich.live"),
+            "lab.experiment.shard", "lab.cli.views", "lab.cli.live", "rich.live"),
+    "merge": ("lab.experiment.merge", "lab.cli.views"),
     "report": ("lab.experiment.report", "lab.cli.views"),
     "compare": ("lab.cli.views",),
     "keys": ("lab.config.keys",),
@@ -97,9 +100,10 @@ def print_json(data: Any) -> None:
 
 # --- lab run ------------------------------------------------------------------------------
 
-def _run_dir(args: argparse.Namespace, scen: Scenario) -> Path:
+def _run_dir(args: argparse.Namespace, scen: Scenario, shard: Shard | None) -> Path:
     """The run's results folder: a new one under --out, or the --resume one, which must be a
-    run of this same scenario and settings (checked again under its lock by MatrixRun)."""
+    run of this same scenario, settings and shard (checked again under its lock by
+    MatrixRun)."""
     from lab.experiment import rundir
     if not args.resume:
         return rundir.new_run_dir(Path(args.out), scen.name)
@@ -107,31 +111,16 @@ def _run_dir(args: argparse.Namespace, scen: Scenario) -> Path:
     if not run_dir.is_dir() or rundir.recorded(run_dir) is None:
         raise LabError(f"--resume {run_dir}: no such run directory (no run.json)",
                        "give a results/<run> directory that 'lab run' made")
-    rundir.check_resume(run_dir, scen)
+    rundir.check_resume(run_dir, scen, shard)
     return run_dir
 
 
 def _run_live(matrix: MatrixRun) -> list[dict[str, Any]]:
-    """matrix.run() under a live progress table, redrawn 4 times a second."""
-    from rich.live import Live
-
-    from lab.cli.views import progress_table
-    with Live(progress_table(matrix.statuses), console=console(),
-              refresh_per_second=4) as live:
-        done = threading.Event()
-
-        def refresh() -> None:
-            while not done.wait(0.25):
-                live.update(progress_table(matrix.statuses))
-
-        t = threading.Thread(target=refresh, daemon=True)
-        t.start()
-        try:
-            return matrix.run()
-        finally:
-            done.set()
-            t.join()
-            live.update(progress_table(matrix.statuses))
+    """matrix.run() under the live progress view (lab.cli.live: one redraw path, 4 a second,
+    at most the terminal's height in rows)."""
+    from lab.cli.live import LiveProgress
+    with LiveProgress(matrix.statuses, console()):
+        return matrix.run()
 
 
 def _load(args: argparse.Namespace) -> Scenario:
@@ -139,22 +128,44 @@ def _load(args: argparse.Namespace) -> Scenario:
     return scenario.load(scenario.resolve(args.scenario), args.set)
 
 
+def _shard(args: argparse.Namespace) -> Shard | None:
+    """--shard I/N, checked before the scenario is read (one line if it is not I/N)."""
+    if args.shard is None:
+        return None
+    from lab.experiment import shard
+    return shard.parse(args.shard)
+
+
+def _announce(run_dir: Path, scen: Scenario, matrix: MatrixRun, parallel: int) -> None:
+    n = len(matrix.trials)
+    if matrix.shard is None:
+        say(f"run {run_dir} ({n} trial(s), up to {parallel} side by side)")
+        return
+    say(f"run {run_dir}: shard {matrix.shard}, {n} of the scenario's {len(scen.trials)} "
+        f"trial(s), up to {parallel} side by side")
+    if n == 0:
+        warn(f"lab: shard {matrix.shard} has no trial (more shards than trials): it records "
+             "an empty run, for lab merge")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         messages_to_stderr()
+    shard = _shard(args)
     scen = _load(args)
     if args.dry_run:
-        return dry_run(scen, args.parallel, args.json)
+        return dry_run(scen, args.parallel, args.json, shard)
     with needs_extra("docker", "a trial"):  # until every part imports docker only for itself
         from lab.experiment import preflight
         from lab.experiment.matrix import MatrixRun
-    preflight.check(scen.trials)  # once per run, before anything is built
-    run_dir = _run_dir(args, scen)
+    trials = scen.trials if shard is None else shard.select(scen.trials)
+    preflight.check(trials)  # once per run, before anything is built
+    run_dir = _run_dir(args, scen, shard)
     interactive = console().is_terminal and not args.plain and not args.json
     printer = None if interactive else PlainPrinter(
         args.every, out=sys.stderr if args.json else None)
-    matrix = MatrixRun(scen, run_dir, parallel=args.parallel, on_line=printer)
-    say(f"run {run_dir} ({len(scen.trials)} trial(s), up to {args.parallel} side by side)")
+    matrix = MatrixRun(scen, run_dir, parallel=args.parallel, on_line=printer, shard=shard)
+    _announce(run_dir, scen, matrix, args.parallel)
     try:
         rows = _run_live(matrix) if interactive else matrix.run()
     finally:
@@ -164,6 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         from lab.experiment import rundata
         print_json({"run_dir": str(run_dir), "trials": [rundata.typed_row(r) for r in rows],
+                    "shard": None if shard is None else str(shard),
                     "failures": matrix.failures, "exit_code": run_exit_code(matrix, rows)})
     return run_exit_code(matrix, rows)
 
@@ -174,7 +186,7 @@ def _print_outcome(matrix: MatrixRun, rows: list[dict[str, Any]]) -> None:
     say(summary_table(rows))
     if (run_dir / "summary.csv").exists():
         say(f"results: {run_dir}/summary.csv")
-    else:
+    elif matrix.trials:
         warn(f"lab: no trial finished, so {run_dir} has no summary.csv")
     for name, err in matrix.failures.items():
         warn(f"lab: trial {name} failed: {err} (see {run_dir / name / 'error.txt'})")
@@ -182,7 +194,12 @@ def _print_outcome(matrix: MatrixRun, rows: list[dict[str, Any]]) -> None:
 
 def run_exit_code(matrix: MatrixRun, rows: list[dict[str, Any]]) -> int:
     """1 when a trial failed to run, else 3 when one disagrees with the model, else 0."""
-    if matrix.failures:
+    return verdict_code(matrix.failures, rows)
+
+
+def verdict_code(failures: Collection[str], rows: Sequence[dict[str, Any]]) -> int:
+    """lab run's exit code from what ran (lab merge gives the same for the merged trials)."""
+    if failures:
         return LAB_FAILED
     if any(str(r.get("verdict", "")).startswith("MISMATCH") for r in rows):
         return MISMATCH
@@ -191,18 +208,25 @@ def run_exit_code(matrix: MatrixRun, rows: list[dict[str, Any]]) -> int:
 
 # --- lab run --dry-run --------------------------------------------------------------------
 
-def dry_run(scen: Scenario, parallel: int, as_json: bool) -> int:
-    """What the run would show, from the model: nothing is built, no root needed."""
+def dry_run(scen: Scenario, parallel: int, as_json: bool, shard: Shard | None = None) -> int:
+    """What the run (of the shard, if one is given) would show, from the model: nothing is
+    built, no root needed."""
+    import dataclasses
+
     from lab.experiment import dryrun
+    if shard is not None:
+        scen = dataclasses.replace(scen, trials=shard.select(scen.trials))
     plans = dryrun.plan(scen)
     wall = dryrun.wall_estimate([p["observed_s"] for p in plans], parallel)
     if as_json:
         print_json({"scenario": scen.name, "trials": plans, "parallel": parallel,
+                    "shard": None if shard is None else str(shard),
                     "estimated_wall_s": round(wall, 3)})
         return OK
     from lab.cli.views import dry_run_table
     say(dry_run_table(plans))
-    say(f"{len(plans)} trial(s); with --parallel {parallel} the run takes about {wall:.0f} s "
+    of = "" if shard is None else f" of shard {shard}"
+    say(f"{len(plans)} trial(s){of}; with --parallel {parallel} the run takes about {wall:.0f} s "
         "plus each trial's build and warm-up")
     return OK
 
@@ -227,6 +251,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in paths:
         emit(f"wrote {path}")
     return OK
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """The shards' run dirs as one run dir; the exit code is lab run's for the merged trials."""
+    from lab.experiment import merge, rundata
+    if args.json:
+        messages_to_stderr()
+    merged = merge.merge([Path(p) for p in args.run_dirs], Path(args.out) if args.out else None)
+    code = verdict_code(merged.failures, merged.rows)
+    if args.json:
+        print_json({"run_dir": str(merged.out), "shards": [p.label for p in merged.parts],
+                    "trials": [rundata.typed_row(r) for r in merged.rows],
+                    "failures": merged.failures, "exit_code": code})
+        return code
+    from lab.cli.views import summary_table
+    say(summary_table(merged.rows))
+    hosts = sorted({str((p.record.get("shard") or {}).get("hostname") or "?")
+                    for p in merged.parts})
+    say(f"merged {len(merged.parts)} shard(s) from {len(hosts)} host(s) ({', '.join(hosts)}): "
+        f"{merged.out}/summary.csv")
+    for name, err in merged.failures.items():
+        warn(f"lab: trial {name} failed: {err} (see {merged.out / name / 'error.txt'})")
+    return code
 
 
 def _comparison_json(args: argparse.Namespace, c: compare.Comparison) -> dict[str, Any]:
@@ -396,6 +443,10 @@ def _add_run(sub: Subparsers) -> None:
     run.add_argument("--plain", action="store_true", help="no live view; print report lines")
     run.add_argument("--every", type=_non_negative, default=1.0,
                      help="with --plain: seconds between report lines per trial")
+    run.add_argument("--shard", metavar="I/N",
+                     help="run shard I of N (I is 1-based: 1..N) of the trials: a split "
+                     "that depends on the scenario alone, balanced by the model's predicted "
+                     "length; 'lab merge' joins the N run dirs")
     run.add_argument("--dry-run", action="store_true",
                      help="print each trial's predicted outage and mechanism, build nothing "
                      "(no root needed)")
@@ -403,8 +454,26 @@ def _add_run(sub: Subparsers) -> None:
     run.set_defaults(func=cmd_run)
 
 
+def _add_merge(sub: Subparsers) -> None:
+    """`lab merge`: the shards of `lab run --shard` as one run."""
+    merge = sub.add_parser(
+        "merge", help="join the run dirs of a sharded run (lab run --shard I/N) into one",
+        description="The run dirs of every shard of one split as one run dir: summary.csv, "
+        "each trial's directory, and run.json with the shards and the hosts they ran on. "
+        "Refused (exit 2, one line): runs of different scenario files or --set values, of "
+        "different splits, a shard given twice or missing, a run that did not finish. "
+        "Exit codes as lab run's for the merged trials: 0, 1 a trial failed, 3 a mismatch.")
+    merge.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                       help="each shard's results/<run-id> directory")
+    merge.add_argument("-o", dest="out", metavar="OUT",
+                       help="the merged run's directory, new or empty (default: a new "
+                       "results/<stamp>-<scenario>)")
+    _json_flag(merge, "the merged summary rows")
+    merge.set_defaults(func=cmd_merge)
+
+
 def _add_results(sub: Subparsers) -> None:
-    """`lab report` and `lab compare`: they read results, they run nothing."""
+    """`lab report`, `lab compare` and `lab merge`: they read results, they run nothing."""
     rep = sub.add_parser("report", help="table and PNG plots of a run")
     rep.add_argument("run_dir", help="a results/<run-id> directory")
     _json_flag(rep, "the summary rows and the files written")
@@ -431,6 +500,7 @@ def _add_results(sub: Subparsers) -> None:
                       "(default: 0.5)")
     _json_flag(cmp_, "changes, settings that differ and regressions")
     cmp_.set_defaults(func=cmd_compare)
+    _add_merge(sub)
 
 
 def _add_host(sub: Subparsers) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -59,15 +60,51 @@ def eta(st: TrialStatus, now: float) -> str:
     return f"deadline in {left:.0f}s" if left > 0 else "deadline"
 
 
-def progress_table(statuses: Mapping[str, TrialStatus]) -> Table:
+# the live view's groups of trial phases, in the order a capped view shows them
+PHASE_GROUPS = ("running", "failed", "interrupted", "done", "pending")
+
+
+def phase_group(phase: str) -> str:
+    """pending, done (also "done (earlier run)"), failed, interrupted; any other phase of a
+    trial (building, warming up, fault, outage, ...) is running."""
+    if phase.startswith("done"):
+        return "done"
+    return phase if phase in PHASE_GROUPS else "running"
+
+
+def visible(statuses: Mapping[str, TrialStatus], max_rows: int | None
+            ) -> tuple[list[TrialStatus], Counter[str]]:
+    """The trials a view of at most max_rows rows shows, and how many of each group it does
+    not. All fit: the scenario's order. Not: running trials first, then failed, interrupted,
+    done, pending (one pass over the trials, whatever their number)."""
+    if max_rows is None or len(statuses) <= max_rows:
+        return list(statuses.values()), Counter()
+    groups: dict[str, list[TrialStatus]] = {g: [] for g in PHASE_GROUPS}
+    for st in statuses.values():
+        groups[phase_group(st.phase)].append(st)
+    ordered = [st for g in PHASE_GROUPS for st in groups[g]]
+    shown = ordered[:max(0, max_rows)]
+    return shown, Counter(phase_group(st.phase) for st in ordered[len(shown):])
+
+
+def _hidden_line(hidden: Counter[str]) -> str:
+    counts = ", ".join(f"{hidden[g]} {g}" for g in PHASE_GROUPS if hidden[g])
+    return f"... and {sum(hidden.values())} more trial(s) not shown: {counts}"
+
+
+def progress_table(statuses: Mapping[str, TrialStatus], max_rows: int | None = None) -> Table:
     """The live view: per trial, its phase, qps, outage clock, what the model predicts, the
-    deadline and when the outage should end."""
-    table = Table(title="blackhole-lab", expand=False)
+    deadline and when the outage should end. With max_rows, at most that many rows (one line
+    each) and a caption counting the rest per group, so a redraw's cost does not grow with
+    the number of trials."""
+    shown, hidden = visible(statuses, max_rows)
+    table = Table(title="blackhole-lab", expand=False,
+                  caption=_hidden_line(hidden) if hidden else None)
     for col in ("trial", "phase", "elapsed", "qps", "outage clock", "predicted", "deadline",
                 "ETA", "last report"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True, overflow="ellipsis")
     now = time.monotonic()
-    for st in statuses.values():
+    for st in shown:
         elapsed = now - st.started if st.started else 0.0
         if st.fault_t is None:
             clock = "-"

@@ -17,9 +17,10 @@ from lab.experiment.rundata import read_run, run_facts, to_float
 
 COMPARED = ("measured_outage_s", "detect_s", "recover_s", "errors", "reconnects")
 COUNTS = frozenset({"errors", "reconnects"})  # integers: shown and written as such
-# run.json entries that say when or what ran, not how: never a difference worth showing
+# run.json entries that say when, where or what ran, not how: never a difference worth
+# showing (a shard's split, a merged run's shards: lab.experiment.shard, .merge)
 RUN_IGNORED = frozenset({"scenario", "started", "written", "ended", "trials", "resumed",
-                         "failures"})
+                         "failures", "shard", "shards", "merged"})
 Diff = dict[str, tuple[Any, Any]]  # key -> (value in A, value in B)
 
 

@@ -7,11 +7,15 @@ mechanisms and length) before giving it a machine for an hour.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab import lb
 from lab.config.scenario import Scenario
+from lab.config.settings import TrialSettings
 from lab.errors import LabError
+
+if TYPE_CHECKING:
+    from lab.model import Prediction
 
 
 def _engine(requested: str) -> tuple[str, str]:
@@ -26,21 +30,35 @@ def _engine(requested: str) -> tuple[str, str]:
 def plan(scen: Scenario) -> list[dict[str, Any]]:
     """Each trial's predicted outage and mechanism, and how long its load runs (fault time +
     outage, capped by the deadline, + after_s), from the model alone."""
-    from lab.experiment.trial import IDLE_QUIET_S, predict
     out = []
     for t in scen.trials:
         engine, note = _engine(t.lb.engine)
-        # an idle load's fault comes IDLE_QUIET_S into an idle period, as in the trial
-        p = predict(t, engine, IDLE_QUIET_S if t.load.shape == "idle" else 0.0)
-        ends = t.deadline_s if p.outage_s is None else min(p.outage_s, t.deadline_s)
+        p = _predict(t, engine)
         if p.outage_s is None or p.outage_s > t.deadline_s:
             note = note or "not recovered by the deadline"
         out.append({"trial": t.name, "lb": engine, "fault": t.fault.kind,
                     "predicted_outage_s": _round(p.outage_s), "mechanism": p.mechanism,
                     "detect_s": _round(p.detect_s), "detail": p.detail,
                     "deadline_s": t.deadline_s,
-                    "observed_s": round(t.fault.at_s + ends + t.after_s, 3), "note": note})
+                    "observed_s": round(_length(t, p), 3), "note": note})
     return out
+
+
+def _predict(t: TrialSettings, engine: str) -> Prediction:
+    from lab.experiment.trial import IDLE_QUIET_S, predict
+    # an idle load's fault comes IDLE_QUIET_S into an idle period, as in the trial
+    return predict(t, engine, IDLE_QUIET_S if t.load.shape == "idle" else 0.0)
+
+
+def _length(t: TrialSettings, p: Prediction) -> float:
+    ends = t.deadline_s if p.outage_s is None else min(p.outage_s, t.deadline_s)
+    return t.fault.at_s + ends + t.after_s
+
+
+def load_length_s(t: TrialSettings, engine: str) -> float:
+    """How long the trial's load runs on `engine` (fault time + the model's outage, capped
+    by the deadline, + after_s): the model alone, nothing of the host is looked at."""
+    return _length(t, _predict(t, engine))
 
 
 def _round(x: float | None) -> float | None:

@@ -305,6 +305,10 @@ def _host(run: dict[str, Any]) -> str:
                 "ended"):
         if key in run:
             facts[key] = run[key]
+    for shard in run.get("shards") or []:  # a merged run (lab merge): where each shard ran
+        facts[f"shard {shard.get('shard')}"] = (
+            f"{shard.get('hostname') or '?'}, kernel {shard.get('kernel') or '?'}, "
+            f"{len(shard.get('trials') or [])} trial(s), from {shard.get('run_dir')}")
     scenario = json.dumps(run.get("scenario") or {}, indent=2)
     return (f"{_table(facts)}<details><summary>Scenario (run.json)</summary>"
             f"<pre>{escape(scenario)}</pre></details>")

@@ -9,6 +9,7 @@ they end (trial.json), so an interrupted matrix resumes without redoing them.
 from __future__ import annotations
 
 import json
+import platform
 import threading
 import traceback
 from collections.abc import Callable
@@ -19,13 +20,15 @@ from typing import Any
 
 from lab.config.scenario import Scenario
 from lab.experiment import results, rundir
+from lab.experiment.shard import Shard
 from lab.experiment.trial import Interrupted, TrialStatus, run_trial
 
 DEFAULT_PARALLEL = 8
 
 
 class MatrixRun:
-    """Runs every trial of a scenario into run_dir; `statuses` feed a progress view."""
+    """Runs every trial of a scenario (of its `shard`, if one is given) into run_dir;
+    `statuses` feed a progress view."""
 
     def __init__(
         self,
@@ -34,19 +37,22 @@ class MatrixRun:
         *,
         parallel: int = DEFAULT_PARALLEL,
         on_line: Callable[[str], None] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.scenario = scenario
+        self.shard = shard
+        self.trials = scenario.trials if shard is None else shard.select(scenario.trials)
         self.run_dir = run_dir
         self.parallel = max(1, parallel)
         self.on_line = on_line
         self.stop = threading.Event()
-        self.statuses = {t.name: TrialStatus(t.name) for t in scenario.trials}
+        self.statuses = {t.name: TrialStatus(t.name) for t in self.trials}
         self.rows: dict[str, dict[str, Any]] = {}
         self.failures: dict[str, str] = {}
         self.resumed: list[str] = []
 
     def _run_one(self, index: int) -> None:
-        settings = self.scenario.trials[index]
+        settings = self.trials[index]
         trial_dir = self.run_dir / settings.name
         status = self.statuses[settings.name]
         try:
@@ -68,14 +74,14 @@ class MatrixRun:
         """Run (or resume) the matrix; returns summary rows in scenario order.
 
         The run dir is held (rundir.RunDirLock) from before run.json is read until the
-        summary is written, and a resume must be of the same scenario and settings."""
+        summary is written, and a resume must be of the same scenario, settings and shard."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with rundir.RunDirLock(self.run_dir):
-            rundir.check_resume(self.run_dir, self.scenario)
+            rundir.check_resume(self.run_dir, self.scenario, self.shard)
             todo = self._resume()
             self._write_run_json()
             self._run_all(todo)
-            rows = [self.rows[t.name] for t in self.scenario.trials if t.name in self.rows]
+            rows = [self.rows[t.name] for t in self.trials if t.name in self.rows]
             results.write_summary(self.run_dir, rows)
             self._write_run_json(ended=True)
         return rows
@@ -83,7 +89,7 @@ class MatrixRun:
     def _resume(self) -> list[int]:
         """Take the rows of trials an earlier run of this dir finished; the rest, to run."""
         todo = []
-        for i, t in enumerate(self.scenario.trials):
+        for i, t in enumerate(self.trials):
             row = results.finished_row(self.run_dir / t.name)
             if row is not None:
                 self.rows[t.name] = row
@@ -100,10 +106,12 @@ class MatrixRun:
             data.update({"ended": datetime.now(UTC).isoformat(), "failures": self.failures})
             path.write_text(json.dumps(data, indent=2, default=str) + "\n")
             return
+        shard = {} if self.shard is None else {"shard": {
+            **self.shard.record(self.scenario.trials), "hostname": platform.node()}}
         results.write_run(self.run_dir, self.scenario.source, {
             "scenario_name": self.scenario.name, **rundir.identity(self.scenario),
             "started": datetime.now(UTC).isoformat(), "host": results.host_facts(),
-            "trials": [t.name for t in self.scenario.trials], "resumed": self.resumed,
+            "trials": [t.name for t in self.trials], "resumed": self.resumed, **shard,
         })
 
     def _run_all(self, todo: list[int]) -> None:

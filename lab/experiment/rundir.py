@@ -7,8 +7,9 @@ held with an exclusive flock on its `.lock` for as long as a lab writes into it:
 running the same trials into the same files. The kernel drops the flock when its holder dies,
 so a killed run's dir can be resumed at once.
 
-run.json records the scenario file's sha256 and the `--set` list; a resume that would mix
-trials of another scenario or other settings into one summary.csv is refused.
+run.json records the scenario file's sha256 and the `--set` list (and, for `lab run --shard`,
+the shard); a resume that would mix trials of another scenario, other settings or another
+shard into one summary.csv is refused.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from lab.config.scenario import Scenario
 from lab.errors import LabError
+
+if TYPE_CHECKING:
+    from lab.experiment.shard import Shard
 
 LOCK_NAME = ".lock"
 RUN_JSON = "run.json"
@@ -114,8 +118,25 @@ def recorded(run_dir: Path) -> dict[str, Any] | None:
     return data
 
 
-def check_resume(run_dir: Path, scenario: Scenario) -> None:
-    """Refuse to resume run_dir with another scenario file or other --set values."""
+def shard_of(record: dict[str, Any]) -> str | None:
+    """The shard ("I/N") a run.json records; None for a run of every trial."""
+    shard = record.get("shard")
+    if not isinstance(shard, dict):
+        return None
+    return f"{shard.get('index')}/{shard.get('count')}"
+
+
+def _check_shard(run_dir: Path, earlier: dict[str, Any], shard: Shard | None) -> None:
+    ran, want = shard_of(earlier), None if shard is None else str(shard)
+    if ran != want:
+        raise LabError(f"--resume {run_dir}: it ran {f'shard {ran}' if ran else 'every trial'}"
+                       f", this run has {f'--shard {want}' if want else 'no --shard'}",
+                       "resume with the same --shard, or start a new run")
+
+
+def check_resume(run_dir: Path, scenario: Scenario, shard: Shard | None = None) -> None:
+    """Refuse to resume run_dir with another scenario file, other --set values or another
+    shard."""
     earlier = recorded(run_dir)
     if earlier is None:
         return
@@ -131,3 +152,4 @@ def check_resume(run_dir: Path, scenario: Scenario) -> None:
         raise LabError(f"--resume {run_dir}: it ran with --set {earlier.get('overrides')}, "
                        f"this run has {want['overrides']}",
                        "resume with the same --set values, or start a new run")
+    _check_shard(run_dir, earlier, shard)

@@ -74,8 +74,8 @@ def test_help_lists_every_command() -> None:
     proc = lab("--help")
     assert proc.returncode == 0, proc
     assert proc.stdout.startswith("usage: lab ")
-    for command in ("run", "report", "compare", "keys", "scenarios", "clean", "doctor", "image",
-                    "completion", "tm", "vm"):
+    for command in ("run", "report", "compare", "merge", "keys", "scenarios", "clean", "doctor",
+                    "image", "completion", "tm", "vm"):
         assert f"    {command} " in proc.stdout, command
 
 
