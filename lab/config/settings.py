@@ -51,6 +51,7 @@ ReuseMode = Annotated[Literal[0, 1, 2, 3], _int_only("0, 1, 2 or 3")]
 DAY_S = 86_400
 HOUR_S = 3_600
 Timeout = Annotated[float, Field(gt=0, le=DAY_S)]
+MAX_RATE = 100_000  # load.rate, transactions per second per thread
 
 
 class ClientSettings(Section):
@@ -156,7 +157,7 @@ class LbSettings(Section):
 
 
 class LoadSettings(Section):
-    """The client's load: which driver, how many connections, busy or idle."""
+    """The client's load: which driver, how many connections, how fast, busy or idle."""
 
     driver: Literal["oltp", "http", "sysbench", "command", "zoo"] = key(
         "oltp", "the client: oltp (sysbench-like), http (keep-alive, NGINX), "
@@ -175,6 +176,16 @@ class LoadSettings(Section):
     shape: Literal["busy", "idle"] = key(
         "busy", "busy: transactions back to back; idle: the connection idles idle_s between "
         "transactions (the fault hits it idle)")
+    # a schedule, not a pause: transaction k of a thread starts at t0 + k / rate, so latency
+    # does not lower the rate (lab.load.runtime.Pacer). Pacing leaves the outage's edges as
+    # unpaced: a failed transaction is retried at once and the fault mark starts one at once
+    # (sysbench paces by itself: its first transaction after the fault or a restart comes
+    # one gap of its Poisson stream late, 1 / (rate x threads) on average). Shape busy, oltp,
+    # http and sysbench (rate x threads whole); a command or zoo program paces itself.
+    # (<= 100000/s: far above what one connection does; beyond it is a typo)
+    rate: Annotated[float, Field(ge=0, le=MAX_RATE)] = key(
+        0.0, "transactions/s per thread on a schedule, like sysbench's --rate (x threads); 0: "
+        "back to back. oltp, http: outages are measured as at 0", "1/s")
     # (<= a day: longer than the kernel's default tcp_keepalive_time of 7200 s, so an idle gap
     # the default keepalive acts in can still be tried; beyond a day it is a unit mistake)
     idle_s: Annotated[float, Field(gt=0, le=DAY_S)] = key(
@@ -184,6 +195,14 @@ class LoadSettings(Section):
     sysbench_reconnect_fix: bool = key(
         False, "driver sysbench only: preload a shim so that sysbench 1.0.20 reconnects "
         "instead of crashing")
+
+
+def sysbench_rate(rate: float, threads: int) -> int | None:
+    """sysbench's --rate (transactions per second of the whole run, an integer) for load.rate
+    per thread; None when rate x threads is not a whole number (0: unlimited)."""
+    total = rate * threads
+    whole = round(total)
+    return whole if abs(total - whole) <= 1e-9 * max(1.0, total) else None
 
 
 class FaultSettings(Section):
@@ -318,6 +337,7 @@ class TrialSettings(Section):
                 f"load.driver={self.load.driver!r} cannot talk to backend={self.backend!r}; "
                 f"use load.driver in {self.DRIVERS[self.backend]}")
         self._check_client_program()
+        self._check_rate()
         if self.load.driver == "sysbench":
             if self.load.shape != "busy":
                 raise ValueError("load.driver='sysbench' supports only load.shape='busy'")
@@ -356,6 +376,25 @@ class TrialSettings(Section):
         why = refused(load.stack or "", self.client.model_dump())
         if why:
             raise ValueError(why)
+
+    def _check_rate(self) -> None:
+        """load.rate paces the lab's own busy drivers; sysbench's --rate is a whole number of
+        transactions per second for the whole run."""
+        load = self.load
+        if load.rate == 0:
+            return
+        if load.driver in ("command", "zoo"):
+            who = "your program" if load.driver == "command" else \
+                "a zoo program (LAB_PAUSE_MS after each transaction)"
+            raise ValueError(f"load.driver={load.driver!r} cannot apply load.rate: {who} "
+                             "paces itself; leave load.rate at 0")
+        if load.shape != "busy":
+            raise ValueError("load.rate paces load.shape='busy'; load.shape='idle' pauses "
+                             "load.idle_s after each transaction instead: leave load.rate at 0")
+        if load.driver == "sysbench" and sysbench_rate(load.rate, load.threads) is None:
+            raise ValueError("load.driver='sysbench' takes load.rate x load.threads as its "
+                             f"--rate, a whole number: {load.rate:g} x {load.threads} = "
+                             f"{load.rate * load.threads:g} is not; make it whole")
 
     def flat(self) -> dict[str, Any]:
         """Every setting as a dotted key (the summary.csv columns)."""

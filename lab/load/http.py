@@ -5,9 +5,10 @@
 
 What a pooled HTTP client (urllib3, requests, a Java/Go pool) does against the article's
 LVS + NGINX: each of `load.threads` threads owns one persistent HTTP/1.1 connection and sends
-GET requests on it in a loop (busy: back to back; idle: `load.idle_s` apart). When the
-connection fails (timeout, reset, EOF, a malformed answer) the thread drops it, reports one
-`error` event and opens a new one, retrying every RECONNECT_PAUSE_S, then reports `reconnect`.
+GET requests on it in a loop (busy: back to back, or `load.rate` a second on a schedule;
+idle: `load.idle_s` apart). When the connection fails (timeout, reset, EOF, a malformed
+answer) the thread drops it, reports one `error` event and opens a new one, retrying every
+RECONNECT_PAUSE_S, then reports `reconnect`.
 A non-2xx answer is counted as an error but the connection is kept (the server still talks).
 
 The worker threads, the per-second accounting, the fault mark and the stdin/stdout protocol

@@ -3,9 +3,10 @@
 lab.load.base is the contract and the trial's side of it (the trial process imports only
 that); this module is the driver's side, shared by every driver so that they behave the same
 around their requests: the sample grid (`Clock`), the fault mark received on stdin
-(`FaultMark`), the records written to stdout (`emit_locked`, `emit_event`), the socket options
-applied to and read back from a connection, and the `Worker` / `Driver` base classes that the
-oltp and http drivers fill in with one connection and one transaction.
+(`FaultMark`), the pace of a thread's transactions (`Pacer`, load.rate), the records written
+to stdout (`emit_locked`, `emit_event`), the socket options applied to and read back from a
+connection, and the `Worker` / `Driver` base classes that the oltp and http drivers fill in
+with one connection and one transaction.
 """
 
 from __future__ import annotations
@@ -199,6 +200,57 @@ class Clock:
         return int(t - self.t0)
 
 
+class Pacer:
+    """load.rate: a thread's transactions on a schedule, slot k at t0 + k / rate (like
+    sysbench's --rate, but a fixed grid per thread, not a Poisson stream).
+
+    A schedule, not a pause after each transaction, so that latency does not lower the rate:
+    a transaction that ends late starts the next one at once, on the grid. One that ends more
+    than a slot late (an outage, a latency above 1 / rate) starts the next one at once and the
+    grid again from it: missed slots are not made up in a burst after the outage.
+
+    Pacing must not move the outage's edges, which the trial reads off transaction times:
+      * `wait` is called only after a good transaction: a failed one is retried at once (the
+        worker's loop), so a recovery is seen one reconnect + one transaction after it, as
+        unpaced;
+      * `restart` (the fault mark, from the main thread) ends a wait at once and starts the
+        grid again from there: the connection is used right at the fault, as a busy one is,
+        and the first transaction started after the fault starts at the mark, not up to
+        1 / rate later.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.period = 1.0 / rate if rate > 0 else 0.0
+        self.t0: float | None = None
+        self.k = 0
+        self._restart = threading.Event()
+
+    def restart(self) -> None:
+        """The fault mark arrived: the next transaction starts now (or as soon as the one in
+        flight ends)."""
+        self._restart.set()
+
+    def _anchor(self, now: float) -> None:
+        self.t0, self.k = now, 0
+
+    def wait(self) -> None:
+        """Until the next slot (a good transaction just ended); returns at once unpaced."""
+        if not self.period:
+            return
+        now = time.monotonic()
+        if self.t0 is None or self._restart.is_set():
+            self._restart.clear()
+            self._anchor(now)
+            return
+        self.k += 1
+        due = self.t0 + self.k * self.period
+        if due < now - self.period:  # more than a slot behind: no burst to catch up
+            self._anchor(now)
+        elif due > now and self._restart.wait(due - now):
+            self._restart.clear()
+            self._anchor(time.monotonic())
+
+
 # --- stdin -----------------------------------------------------------------------------------
 
 
@@ -284,6 +336,7 @@ class Worker(threading.Thread, Generic[ConnT]):
         # when the request in flight began (None: none, e.g. an idle sleep); a failed
         # transaction leaves it, since the request is retried (see `_begin`)
         self.request_since: float | None = None
+        self.pacer = Pacer(cfg.load.rate)  # load.rate: when the next transaction starts
 
     # what a driver fills in
     def _open(self) -> None:
@@ -419,7 +472,9 @@ class Worker(threading.Thread, Generic[ConnT]):
                        f"took {1000 * (end - start):.1f} ms", end)
 
     def on_fault(self) -> None:
-        """Main thread: a fault mark arrived; report a good txn that already started after it."""
+        """Main thread: a fault mark arrived; report a good txn that already started after it,
+        and start the next one now if the thread waits for its slot (load.rate)."""
+        self.pacer.restart()
         f = self.fault
         with self.lock:
             found = next(((s, e) for s, e in self.recent_ok if f.t is not None and s >= f.t),
@@ -432,12 +487,16 @@ class Worker(threading.Thread, Generic[ConnT]):
             self._connect(after_error=False)
             idle = self.cfg.load.shape == "idle"
             while True:
-                # idle: sleep after a good transaction only; a failed one is retried at once
-                # on the new connection, as an application retries its request
-                if self._transaction() and idle:
+                # idle and load.rate: wait after a good transaction only; a failed one is
+                # retried at once on the new connection, as an application retries its request
+                if not self._transaction():
+                    continue
+                if idle:
                     # the trial times an idle-connection fault from this instant
                     emit_event("idle", self.index, f"sleeping {self.cfg.load.idle_s:g}s")
                     time.sleep(self.cfg.load.idle_s)
+                else:
+                    self.pacer.wait()
         except BaseException:  # a bug, not a network error: die loudly, the trial sees EOF
             traceback.print_exc()
             sys.stderr.flush()

@@ -45,6 +45,16 @@ time is estimated as the interval start (the later of: the previous report, the 
 ms after a restart but only to +-1 s for an outage that ends inside a running process (e.g.
 with a reconnect fix preloaded). The error time has no such limit: it is its line's time.
 
+load.rate (per thread) becomes --rate=rate x threads (sysbench's is the whole run's, a whole
+number: the settings refuse a product that is not). sysbench paces by itself: one event
+generator feeds all threads a Poisson stream (exponential gaps, not the lab's fixed grid) and
+its report adds a "queue length, concurrency" line (logged); its latency includes the time an
+event waited in the queue. After a restart its first transaction comes one gap (1 / tps on
+average) after the threads started, not one transaction time, and the recovery estimate
+below uses that. The fault mark cannot reach sysbench's schedule, so with a rate the first
+transaction after the fault also comes a gap late: 1 / (rate x threads) on average, 10 ms at
+100/s (the lab's drivers start one at the mark: lab.load.runtime.Pacer).
+
 Not available with sysbench (rejected by the settings): socket options, read/write timeouts
 (1.0.20 sets no MYSQL_OPT_*_TIMEOUT) and the idle load shape (--rate is an integer tps).
 """
@@ -64,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lab.config.settings import sysbench_rate
 from lab.errors import LabError
 from lab.load.foreign import foreign_sockopts, tcp_sockets
 from lab.load.oltp import OltpConfig
@@ -106,8 +117,18 @@ def sysbench_argv(cfg: OltpConfig, binary: str = "sysbench",
         f"--mysql-db={t.database}",
         f"--tables={load.tables}", f"--table-size={load.table_size}",
         f"--threads={load.threads}", f"--time={RUN_TIME_S}", "--events=0",
+        *rate_options(load.rate, load.threads),
         "--report-interval=1", "--mysql-ignore-errors=all", "--verbosity=5", "run",
     ]
+
+
+def rate_options(rate: float, threads: int) -> list[str]:
+    """load.rate (per thread) as sysbench's --rate (the whole run's, a whole number; the
+    settings refuse a rate x threads that is not one); none when unlimited."""
+    total = sysbench_rate(rate, threads)
+    if total is None:
+        raise ValueError(f"load.rate {rate:g} x {threads} threads is not a whole --rate")
+    return [f"--rate={total}"] if total else []
 
 
 def password_file(password: str) -> int:
@@ -307,7 +328,9 @@ class SysbenchDriver:
         if start < f.t and (trouble is None or trouble > end):
             return  # transactions in an interval that began before the fault prove nothing
         anchor = max(start, trouble or start)
-        t_rec = min(end, anchor + threads / tps)
+        # the first transaction: one transaction time of a busy thread, or at a --rate one
+        # gap of its Poisson stream
+        t_rec = min(end, anchor + (1 if self.cfg.load.rate else threads) / tps)
         self.recovered_generation = f.generation
         emit_event("recovered", 0,
                    f"first good sysbench interval after the fault: [{start - f.t:+.3f}, "

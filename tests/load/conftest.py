@@ -46,6 +46,20 @@ def blackhole(host: Host) -> Iterator[None]:
         host.run(["nft", "delete", "table", "inet", "lab_test_blackhole"])
 
 
+@contextlib.contextmanager
+def resetting(host: Host, port: int) -> Iterator[None]:
+    """While inside, `host` answers every packet to `port` with a TCP reset (applied and
+    removed in-process: the rule is in place when the block starts, gone when it ends)."""
+    host.nft(f"""table inet lab_test_reset {{
+    chain input {{ type filter hook input priority 0; policy accept;
+        tcp dport {port} reject with tcp reset; }}
+}}""")
+    try:
+        yield
+    finally:
+        host.nft("delete table inet lab_test_reset")
+
+
 def wait_for(driver: DriverProcess, pred: Callable[[dict[str, Any]], bool],
              timeout: float) -> dict[str, Any]:
     """The first event of `driver` that `pred` accepts, waiting up to `timeout`."""

@@ -52,10 +52,11 @@ def server(network: Network) -> Iterator[NginxServer]:
 
 def start_driver(network: Network, server: NginxServer, tmp_path: Path, client: ClientSettings,
                  threads: int = 1,
-                 on_record: Callable[[dict[str, Any]], None] | None = None) -> DriverProcess:
+                 on_record: Callable[[dict[str, Any]], None] | None = None,
+                 rate: float = 0.0) -> DriverProcess:
     config = driver_config("http", str(server.address), server.port, server.client_params(),
                            client.model_dump(),
-                           LoadSettings(driver="http", threads=threads).model_dump())
+                           LoadSettings(driver="http", threads=threads, rate=rate).model_dump())
     driver = DriverProcess(network["client"], config.module, config.config,
                            tmp_path / "driver.log", on_record=on_record)
     driver.wait_ready(15)
@@ -113,6 +114,39 @@ def test_read_timeout_on_a_hung_server_then_recovery(
     finally:
         os.kill(pid, signal.SIGCONT)
         driver.stop()
+
+
+@pytest.mark.root
+def test_a_paced_load_sees_the_hang_at_its_mark_and_its_end_at_once(
+    network: Network, server: NginxServer, tmp_path: Path
+) -> None:
+    """load.rate = 1/s: a request a second, yet the hang's timeout runs from the mark (the
+    mark starts a request at once) and the request retried after it (at once, not at the
+    next slot) is answered as soon as nginx runs again."""
+    driver = start_driver(network, server, tmp_path, ClientSettings(read_timeout_s=0.5),
+                          rate=1.0)
+    pid = server.pid
+    assert pid is not None
+    try:
+        time.sleep(2.3)
+        steady = [s["tps"] for s in driver.output.samples if s["interval_s"] == 1.0]
+        os.kill(pid, signal.SIGSTOP)
+        fault_t = time.monotonic()
+        driver.mark_fault(fault_t)
+        err = wait_for(driver, lambda e: e["event"] == "error", 3)
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        rec = wait_for(driver, lambda e: e["event"] == "recovered", 3)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        driver.stop()
+    print(f"\nrate 1/s: tps {steady}; timeout {err['t'] - fault_t:.3f} s after the mark, "
+          f"recovered {1000 * (rec['t'] - resumed):.1f} ms after SIGCONT")
+    # one a second (a request that ends on a sample boundary may land in its neighbour)
+    assert steady and abs(sum(steady) - len(steady)) <= 1 and max(steady) <= 2, steady
+    assert 0.45 <= err["t"] - fault_t <= 0.6  # read_timeout_s from the mark, not the slot
+    assert 0 < rec["t"] - resumed < 0.1
 
 
 @pytest.mark.root

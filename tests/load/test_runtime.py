@@ -3,8 +3,12 @@ the records on stdout. (The drivers against real servers: test_oltp, test_http.)
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import queue
+import threading
+import time
 
 import pytest
 
@@ -15,6 +19,7 @@ from lab.load.runtime import (
     Clock,
     Driver,
     FaultMark,
+    Pacer,
     emit_connected,
     is_stop,
     p95,
@@ -114,3 +119,93 @@ def test_parse_config_reads_the_environment_or_exits_with_usage(
     with pytest.raises(SystemExit):
         parse_config(["oltp", raw], OltpConfig, "lab.load.oltp")  # argv: refused, not read
     assert capsys.readouterr().err == usage
+
+
+# --- load.rate: the pacer ----------------------------------------------------------------------
+
+
+def paced_starts(pacer: Pacer, n: int, latency_s: float = 0.0) -> list[float]:
+    """The start times of n transactions of `latency_s` each, paced by `pacer`."""
+    starts = []
+    for _ in range(n):
+        pacer.wait()
+        starts.append(time.monotonic())
+        if latency_s:
+            time.sleep(latency_s)
+    return starts
+
+
+def test_unpaced_is_back_to_back() -> None:
+    pacer = Pacer(0)
+    t = time.monotonic()
+    paced_starts(pacer, 1000)
+    assert time.monotonic() - t < 0.05
+
+
+def test_the_rate_is_a_schedule_latency_does_not_lower_it() -> None:
+    """Slot k at t0 + k / rate: 6 ms transactions at 100/s still start 10 ms apart (a sleep
+    of 10 ms after each would make it 16 ms, 62/s)."""
+    starts = paced_starts(Pacer(100), 31, latency_s=0.006)
+    assert 0.295 <= starts[-1] - starts[0] <= 0.35, starts[-1] - starts[0]
+    assert all(b - a > 0.006 for a, b in itertools.pairwise(starts))
+
+
+def test_a_late_transaction_starts_the_next_at_once_and_no_burst_follows() -> None:
+    pacer = Pacer(100)
+    paced_starts(pacer, 3)
+    time.sleep(0.012)  # a transaction 12 ms long: the next slot has passed, but by < 1 slot
+    t = time.monotonic()
+    pacer.wait()
+    assert time.monotonic() - t < 0.005  # at once, still on the grid
+    time.sleep(0.2)  # an outage of 20 slots: not made up
+    starts = paced_starts(pacer, 4)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(0.005 <= g <= 0.03 for g in gaps), gaps  # 10 ms apart, not back to back
+
+
+def test_the_fault_mark_ends_the_wait_at_once() -> None:
+    """A thread waiting for its slot starts a transaction at the mark: pacing cannot delay
+    the first transaction after the fault (nor so the outage's edges)."""
+    pacer = Pacer(0.5)  # a slot every 2 s
+    paced_starts(pacer, 1)
+    woken: list[float] = []
+    waiter = threading.Thread(target=lambda: woken.append(paced_starts(pacer, 1)[0]))
+    waiter.start()
+    time.sleep(0.1)
+    marked = time.monotonic()
+    pacer.restart()
+    waiter.join(2)
+    assert woken and woken[0] - marked < 0.02, woken
+    t = time.monotonic()
+    pacer.restart()  # a mark while a transaction is in flight: the next one starts at once
+    pacer.wait()
+    assert time.monotonic() - t < 0.02
+
+
+def test_a_failed_transaction_is_retried_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The worker waits for its slot after a good transaction only."""
+    cfg = OltpConfig(target=Target(host="198.18.0.2"), load=LoadSettings(rate=1))
+    worker = OltpWorker(0, cfg, Clock(), FaultMark(), queue.Queue())
+    outcomes = iter([True, False, False, True])
+    starts: list[float] = []
+
+    def transaction() -> bool:
+        starts.append(time.monotonic())
+        try:
+            return next(outcomes)
+        except StopIteration:
+            raise SystemExit from None
+
+    monkeypatch.setattr(worker, "_connect", lambda after_error: None)
+    monkeypatch.setattr(worker, "_transaction", transaction)
+    monkeypatch.setattr(os, "_exit", lambda code: None)  # run() ends the process on SystemExit
+    t = time.monotonic()
+    worker.run()
+    # txn 1 good -> the grid starts; 2 and 3 fail -> retried at once; 4 good -> its slot
+    # (1 s after the first wait) -> 5 ends the loop
+    assert len(starts) == 5
+    assert starts[3] - t < 0.05
+    assert 0.95 <= starts[4] - t <= 1.1
+    assert "SystemExit" in capsys.readouterr().err  # how the loop was ended

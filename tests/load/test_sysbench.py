@@ -87,6 +87,17 @@ def test_settings_reject_what_sysbench_cannot_do() -> None:
                                   "client": {"tcp_retries2": 5}})  # a sysctl: fine
 
 
+def test_the_rate_is_sysbench_s_rate_of_the_whole_run() -> None:
+    target = Target(host="198.18.0.100", port=3001)
+    paced = OltpConfig(target=target, load=LoadSettings(driver="sysbench", threads=3, rate=20))
+    assert "--rate=60" in sysbench_argv(paced)  # load.rate is per thread, --rate per run
+    assert not any(a.startswith("--rate") for a in sysbench_argv(OltpConfig(target=target)))
+    TrialSettings.model_validate({"load": {"driver": "sysbench", "threads": 2, "rate": 2.5}})
+    with pytest.raises(ValueError, match=r"--rate, a whole number: 2.25 x 2 = 4.5 is not"):
+        TrialSettings.model_validate({"load": {"driver": "sysbench", "threads": 2,
+                                               "rate": 2.25}})
+
+
 def test_reconnect_fix_builds_once(tmp_path: Path) -> None:
     first = build_reconnect_fix(tmp_path)
     assert first.suffix == ".so" and first.stat().st_size > 0
@@ -104,12 +115,14 @@ def server(mariadb: MariaDBServer) -> MariaDBServer:
 
 
 def lose_the_connection(network: Network, server: MariaDBServer, tmp_path: Path,
-                        fix: bool) -> tuple[DriverProcess, float]:
+                        fix: bool, load: LoadSettings | None = None,
+                        ) -> tuple[DriverProcess, float]:
     """Run the driver, then destroy sysbench's socket (ss -K): its next query fails with
     2013 and sysbench reconnects: a crash (stock 1.0.20) or an in-process reconnect (fix)."""
+    load = load or LoadSettings(driver="sysbench")
     cfg = OltpConfig(target=Target(host=str(server.address), port=server.port,
                                    password=server.password),
-                     load=LoadSettings(driver="sysbench", sysbench_reconnect_fix=fix))
+                     load=load.model_copy(update={"sysbench_reconnect_fix": fix}))
     driver = DriverProcess(network["client"], "lab.load.sysbench", cfg.model_dump(mode="json"),
                            tmp_path / "driver.log")
     try:
@@ -164,6 +177,26 @@ def test_reconnect_fix_reconnects_in_process(
     assert sum(s["errors"] for s in driver.output.samples) == 1.0  # the 2013, counted by us
     rec = next(e for e in driver.output.events if e["event"] == "recovered")
     assert rec["t"] - fault_t < 0.5
+
+
+@pytest.mark.root
+def test_a_paced_sysbench_keeps_its_rate_and_is_restarted(
+    network: Network, server: MariaDBServer, tmp_path: Path
+) -> None:
+    """load.rate = 25 x 2 threads: sysbench's --rate=50 (its report's extra "queue length"
+    line is only logged); after the crash its first transaction comes one gap (~20 ms) after
+    the restart."""
+    load = LoadSettings(driver="sysbench", threads=2, rate=25)
+    driver, fault_t = lose_the_connection(network, server, tmp_path, fix=False, load=load)
+    evs = kinds(driver, fault_t)
+    assert [k for k, _ in evs] == ["error", "reconnect", "recovered"], evs
+    before = [s["tps"] for s in driver.output.samples if s["t"] < fault_t]
+    assert before and all(25 <= tps <= 80 for tps in before), before  # Poisson, mean 50
+    reconnect, recovered = (next(e for e in driver.output.events
+                                 if e["event"] == k and e["t"] >= fault_t)
+                            for k in ("reconnect", "recovered"))
+    assert 0 < recovered["t"] - reconnect["t"] < 0.1
+    assert "queue length" in (tmp_path / "driver.log").read_text()
 
 
 @pytest.mark.root
