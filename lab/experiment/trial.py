@@ -31,6 +31,7 @@ from lab.experiment import faults
 from lab.experiment.options import backend_options, driver_config, lb_options
 from lab.lb.base import LoadBalancer, RealServer
 from lab.load.base import DriverProcess, sysbench_line
+from lab.net import netfilter
 from lab.net.runtime import new_run
 from lab.net.topology import Network, lvs_topology, lvs_vip
 
@@ -299,9 +300,11 @@ def _inject(trial: _Trial, parts: _Parts) -> Pending:
     settings, result, status = trial.settings, trial.result, trial.status
     status.phase = "fault"
     with faults.urgent():
+        netfilter.forget_applied()
         result.fault_t = time.monotonic()
         detail, followups = faults.inject(settings.fault, parts.fault_target())
-        applied = time.monotonic()
+        # an nft change: the instant it was in place; a signal: now
+        applied = netfilter.last_applied() or time.monotonic()
     parts.driver.mark_fault(applied)
     result.fault_apply_ms = round(1000 * (applied - result.fault_t), 3)
     result.event("fault", f"{settings.fault.kind}: {detail}", result.fault_t)

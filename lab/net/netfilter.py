@@ -20,6 +20,7 @@ namespace: `close()` must run before the namespace is removed (Host.close does).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,6 +29,21 @@ from lab.errors import LabError
 T = TypeVar("T")
 
 FIX = "run 'make setup': it installs python3-nftables and links it into .venv"
+
+# when the last change this thread made was in place (last_applied)
+_applied = threading.local()
+
+
+def last_applied() -> float | None:
+    """When the last nft change made by this thread was in place (time.monotonic()), or None
+    since forget_applied(): a fault's `fault_apply_ms` ends here, not after the Python that
+    follows the change (describing it, the binding fetching nft's output), which under 64
+    trials' GIL contention took up to 57 ms on its own (bench_scale.py --trials 64)."""
+    return getattr(_applied, "t", None)
+
+
+def forget_applied() -> None:
+    _applied.t = None
 
 
 def binding() -> Any:
@@ -61,10 +77,21 @@ class NftContext:
         with self._lock:
             if self._ctx is None:
                 raise RuntimeError(f"nft context of {self.ns} is closed")
-            rc, out, err = self._ctx.cmd(script)
+            rc, out, err = self._run(script)
         if rc != 0:
             raise RuntimeError(f"[{who or self.ns}] nft failed: {err.strip() or out.strip()}")
         return str(out)
+
+    def _run(self, script: str) -> tuple[int, str, str]:
+        """The binding's cmd(), stamped as soon as nft_run_cmd_from_buffer returns: cmd() then
+        makes two more ctypes calls for the output buffers, each giving up the GIL and waiting
+        to get it back behind the other trials' threads."""
+        ctx = self._ctx
+        rc = ctx.nft_run_cmd_from_buffer(ctx._Nftables__ctx, script.encode())  # cmd()'s own call
+        _applied.t = time.monotonic()
+        out = ctx.nft_ctx_get_output_buffer(ctx._Nftables__ctx).decode()
+        err = ctx.nft_ctx_get_error_buffer(ctx._Nftables__ctx).decode()
+        return int(rc), out, err
 
     def close(self) -> None:
         """Free the context and its socket (and the namespace reference it holds)."""
